@@ -1,0 +1,24 @@
+"""Pure quality analysis of a training run: a 0-100 score, its factors, and what to change next.
+
+Imports numpy, pandas and matplotlib only (no MLflow, torch or apprise), so it can score any history.
+"""
+
+from .curves import METRIC_CANDIDATES, Curves, curves_from_history, detect_metric_names
+from .models import (
+    SCHEMA_VERSION,
+    Category,
+    FactorScore,
+    ImprovementSuggestion,
+    Priority,
+    QualityAnalysis,
+    TrainingResult,
+)
+from .quality import REQUIRED_SUMMARY_FIELDS, analyze_history, analyze_training_quality
+from .tables import FACTOR_NAMES, TABLES
+from .thresholds import Thresholds
+
+__all__ = [
+    "METRIC_CANDIDATES", "Curves", "curves_from_history", "detect_metric_names", "SCHEMA_VERSION", "Category",
+    "FactorScore", "ImprovementSuggestion", "Priority", "QualityAnalysis", "TrainingResult",
+    "REQUIRED_SUMMARY_FIELDS", "analyze_history", "analyze_training_quality", "FACTOR_NAMES", "TABLES", "Thresholds",
+]

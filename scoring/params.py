@@ -1,0 +1,52 @@
+"""Read a run's hyperparameters whatever named them.
+
+MLflow stores params as strings, and the same knob goes by different names: our MLproject says
+``epochs`` and ``lora_r``, Hugging Face's Trainer logs ``num_train_epochs``, a peft config says ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning_rate", "lr"),
+    "epochs": ("epochs", "num_train_epochs", "max_epochs"),
+    "max_steps": ("max_steps",),
+    "lora_r": ("lora_r", "r", "lora_rank"),
+    "lora_alpha": ("lora_alpha",),
+    "lora_dropout": ("lora_dropout",),
+    "weight_decay": ("weight_decay",),
+    "max_grad_norm": ("max_grad_norm", "gradient_clip_val"),
+    "warmup_ratio": ("warmup_ratio",),
+    "warmup_steps": ("warmup_steps",),
+    "num_labels": ("num_labels",),
+}
+
+
+class Hyperparameters:
+    """Case-sensitive alias lookup over a params mapping, returning floats where the value parses."""
+
+    def __init__(self, params: Mapping[str, Any] | None):
+        self._params = dict(params or {})
+
+    def name_of(self, knob: str) -> str:
+        """The name the run itself uses for ``knob`` (so suggestions speak the run's language)."""
+        for alias in ALIASES.get(knob, (knob,)):
+            if alias in self._params:
+                return alias
+        return knob
+
+    def number(self, knob: str) -> float | None:
+        for alias in ALIASES.get(knob, (knob,)):
+            if alias in self._params:
+                try:
+                    value = float(self._params[alias])
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    return value
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self._params)

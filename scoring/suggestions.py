@@ -1,0 +1,256 @@
+"""What to change next, derived from the factors and the history's findings.
+
+The advice follows Google's Deep Learning Tuning Playbook and Prechelt's early-stopping rules (see
+``diagnostics.md``); each suggestion names a concrete new value when the run's parameters are known.
+Order: priority (high first), then the order the rules run in below (the most fundamental problem first).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from .diagnostics import Findings
+from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult
+from .params import Hyperparameters
+from .thresholds import Thresholds
+
+DEFAULT_LORA_DROPOUT_STEP = 0.05
+DEFAULT_WARMUP_RATIO = 0.1
+
+
+def suggest(
+    result: TrainingResult,
+    factors: Mapping[str, FactorScore],
+    findings: Findings | None,
+    thresholds: Thresholds,
+    hp: Hyperparameters,
+) -> list[ImprovementSuggestion]:
+    stable = result.gradient_norm_stable is not False
+    out: list[ImprovementSuggestion] = []
+    out += _stability(result, findings, thresholds, hp)
+    out += _underfitting(result, factors, thresholds, hp, stable)
+    out += _convergence(result, findings, hp)
+    out += _overfitting(factors, findings, thresholds, hp)
+    out += _efficiency(result, factors, findings, thresholds, hp, stable)
+    out += _unmeasured(factors)
+    return sorted(out, key=lambda s: s.priority.rank)
+
+
+def _lr_change(hp: Hyperparameters, factor: float) -> dict:
+    lr = hp.number("learning_rate")
+    if lr is None:
+        return {}
+    return {"parameter": hp.name_of("learning_rate"), "current_value": lr, "suggested_value": _round_sig(lr * factor)}
+
+
+def _round_sig(x: float, digits: int = 2) -> float:
+    if x == 0:
+        return 0.0
+    return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
+
+
+def _stability(r: TrainingResult, f: Findings | None, t: Thresholds, hp: Hyperparameters):
+    if r.gradient_norm_stable is not False:
+        if f and f.stability.spike_count and f.stability.grad_norm_p90:
+            s = f.stability
+            return [ImprovementSuggestion(
+                Category.STABILITY, Priority.LOW,
+                f"{s.spike_count} isolated spike(s) (below the limit of {t.spike_limit}); if they grow, clip "
+                f"gradients at about the 90th percentile of the gradient norm ({s.grad_norm_p90:.3g}).",
+                hp.name_of("max_grad_norm"), hp.number("max_grad_norm"), _round_sig(s.grad_norm_p90),
+            )]
+        return []
+    s = f.stability if f else None
+    where = ""
+    if s and s.nonfinite_loss_steps + s.nonfinite_grad_steps:
+        where = f" NaN/inf appeared at step {min(s.nonfinite_loss_steps + s.nonfinite_grad_steps)}."
+    elif s and s.divergence_step is not None:
+        where = f" The loss diverged from step {s.divergence_step}."
+    elif s and s.first_problem_step is not None:
+        where = f" The first spike was at step {s.first_problem_step}."
+    out = []
+    early = (s is not None and s.first_problem_step is not None and r.total_steps
+             and s.first_problem_step <= t.warmup_fraction * r.total_steps)
+    warmup = hp.number("warmup_ratio")
+    if early and not warmup and not hp.number("warmup_steps"):
+        out.append(ImprovementSuggestion(
+            Category.STABILITY, Priority.HIGH,
+            f"Training was unstable early.{where} Add learning-rate warm-up, the first remedy for early "
+            "instability.", hp.name_of("warmup_ratio"), warmup, DEFAULT_WARMUP_RATIO,
+        ))
+    elif s and s.clipped_fraction is not None and s.clipped_fraction > t.extreme_clipping_fraction:
+        out.append(ImprovementSuggestion(
+            Category.STABILITY, Priority.HIGH,
+            f"Training was unstable.{where} {s.clipped_fraction:.0%} of updates were already clipped, so "
+            "clipping is extreme: lower the learning rate instead.", **_lr_change(hp, 0.5),
+        ))
+    elif s and s.grad_norm_p90 and _clipping_would_bite(hp.number("max_grad_norm"), s.grad_norm_p90):
+        out.append(ImprovementSuggestion(
+            Category.STABILITY, Priority.HIGH,
+            f"Training was unstable.{where} Clip gradients at about the 90th percentile of the gradient norm "
+            f"({s.grad_norm_p90:.3g}).", hp.name_of("max_grad_norm"), hp.number("max_grad_norm"),
+            _round_sig(s.grad_norm_p90),
+        ))
+    else:
+        out.append(ImprovementSuggestion(
+            Category.STABILITY, Priority.HIGH,
+            f"Training was unstable.{where} Lower the learning rate (and add warm-up or gradient clipping).",
+            **_lr_change(hp, 0.5),
+        ))
+    if out[0].parameter != hp.name_of("learning_rate") and hp.number("learning_rate"):
+        out.append(ImprovementSuggestion(
+            Category.STABILITY, Priority.MEDIUM,
+            "If the instability persists, lower the learning rate (the Playbook's last resort).",
+            **_lr_change(hp, 0.5),
+        ))
+    return out
+
+
+def _clipping_would_bite(current: float | None, p90: float) -> bool:
+    """Clipping at the 90th percentile only helps if the run was not already clipping at or below it."""
+    return current is None or current <= 0 or current > 1.05 * p90
+
+
+def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters, stable: bool):
+    reduction = factors["loss_reduction"].value
+    if reduction is None or factors["loss_reduction"].points >= 20:
+        return []
+    rank = hp.number("lora_r")
+    capacity = ({"parameter": hp.name_of("lora_r"), "current_value": int(rank), "suggested_value": int(rank) * 2}
+                if rank else {})
+    change = capacity or (_lr_change(hp, 2.0) if stable else {})
+    classes = hp.number("num_labels")
+    chance = ""
+    if classes and classes >= 2:
+        chance_loss = math.log(classes)
+        chance = (f" For {int(classes)} classes, chance-level loss is ln {int(classes)} = {chance_loss:.3g}; "
+                  f"the final loss is {r.final_loss:.3g}.")
+    if reduction < t.underfit_reduction:
+        return [ImprovementSuggestion(
+            Category.UNDERFITTING, Priority.HIGH,
+            f"Loss barely moved (fell {reduction:.1%}): the model is not fitting the training data.{chance} "
+            "Regularization will not help; raise capacity (LoRA rank, more target modules) or the learning "
+            "rate, and check the data and labels.", **change,
+        )]
+    return [ImprovementSuggestion(
+        Category.UNDERFITTING, Priority.MEDIUM,
+        f"Loss fell only {reduction:.1%}.{chance} Raise capacity (LoRA rank) or the learning rate.", **change,
+    )]
+
+
+def _convergence(r: TrainingResult, f: Findings | None, hp: Hyperparameters):
+    if r.convergence_achieved is not False:
+        return []
+    c = f.convergence if f else None
+    if c and c.measured and c.change is not None and c.change > 0:
+        return [ImprovementSuggestion(
+            Category.CONVERGENCE, Priority.HIGH,
+            f"Loss rose {c.change:.1%} over the final window (from step {c.window_start_step}): the run is "
+            "moving away from its best. Lower the learning rate or decay it to zero by the end.",
+            **_lr_change(hp, 0.5),
+        )]
+    epochs, max_steps = hp.number("epochs"), hp.number("max_steps")
+    change: dict = {}
+    if max_steps and max_steps > 0:
+        change = {"parameter": hp.name_of("max_steps"), "current_value": int(max_steps),
+                  "suggested_value": int(math.ceil(max_steps * 1.5))}
+    elif epochs:
+        change = {"parameter": hp.name_of("epochs"), "current_value": _int_if_whole(epochs),
+                  "suggested_value": int(math.ceil(epochs * 1.5))}
+    fell = f" (loss still fell {abs(c.change):.1%} over the final window)" if c and c.change is not None else ""
+    return [ImprovementSuggestion(
+        Category.CONVERGENCE, Priority.HIGH,
+        f"The run had not converged{fell}: it is compute-bound. Train longer, or decay the learning rate "
+        "faster so it settles.", **change,
+    )]
+
+
+def _overfitting(factors, f: Findings | None, t: Thresholds, hp: Hyperparameters):
+    out = []
+    gap = factors["overfitting"].value
+    if gap is not None and gap >= 0.10:
+        dropout = hp.number("lora_dropout")
+        suggested = round((dropout or 0.0) + DEFAULT_LORA_DROPOUT_STEP, 3) if dropout is not None else 0.1
+        out.append(ImprovementSuggestion(
+            Category.OVERFITTING, Priority.HIGH if gap >= 0.30 else Priority.MEDIUM,
+            f"Eval loss is {gap:.1%} above the training loss: add regularization (LoRA dropout, weight decay) "
+            "or more training data.", hp.name_of("lora_dropout"), dropout, suggested,
+        ))
+    g = f.generalization if f else None
+    if g and g.generalization_loss is not None and g.generalization_loss > t.generalization_loss_limit:
+        out.append(ImprovementSuggestion(
+            Category.OVERFITTING, Priority.HIGH if not out else Priority.MEDIUM,
+            f"Eval loss ended {g.generalization_loss:.1f}% above its best ({g.best_eval_loss:.4g} at step "
+            f"{g.best_step}): stop early and keep the best checkpoint (load_best_model_at_end=True, "
+            "metric_for_best_model='eval_loss').", "load_best_model_at_end", None, True,
+        ))
+    return out
+
+
+def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, hp: Hyperparameters,
+                stable: bool):
+    out = []
+    eff = factors["efficiency"]
+    if eff.measured and eff.points < 10 and stable and factors["loss_reduction"].points >= 20:
+        out.append(ImprovementSuggestion(
+            Category.EFFICIENCY, Priority.MEDIUM if eff.points <= 3 else Priority.LOW,
+            f"Loss fell only {eff.value:.3g} per epoch: a higher learning rate would get there in fewer epochs.",
+            **_lr_change(hp, 2.0),
+        ))
+    total = r.total_steps
+    g = f.generalization if f else None
+    if g and g.measured and g.best_step is not None and total and g.eval_points >= 3:
+        at = g.best_step / total
+        if at <= t.early_best_fraction:
+            out.append(ImprovementSuggestion(
+                Category.EFFICIENCY, Priority.MEDIUM,
+                f"The best eval loss came at step {g.best_step}, {at:.0%} into training: far more steps were "
+                "run than needed.", **_shorter(hp, at),
+            ))
+    c = f.convergence if f else None
+    if c and c.converged and c.plateau_start_step is not None and total and c.plateau_start_step < 0.5 * total:
+        at = c.plateau_start_step / total
+        out.append(ImprovementSuggestion(
+            Category.EFFICIENCY, Priority.LOW,
+            f"The loss was flat from about step {c.plateau_start_step} ({at:.0%} of training): fewer steps are "
+            "enough.", **_shorter(hp, at),
+        ))
+    return out
+
+
+def _shorter(hp: Hyperparameters, fraction: float) -> dict:
+    """Shrink the run's length to a little past ``fraction`` of what it was."""
+    keep = min(1.0, fraction * 1.5)
+    for knob in ("max_steps", "epochs"):
+        value = hp.number(knob)
+        if value and value > 0:
+            return {"parameter": hp.name_of(knob), "current_value": _int_if_whole(value),
+                    "suggested_value": max(1, int(math.ceil(value * keep)))}
+    return {}
+
+
+def _int_if_whole(x: float):
+    return int(x) if float(x).is_integer() else x
+
+
+MISSING_ADVICE = {
+    "overfitting": (Category.OVERFITTING,
+                    "Overfitting was not measured: hold out evaluation data and log an eval loss "
+                    "(eval_fraction > 0, eval_strategy='steps')."),
+    "stability": (Category.STABILITY,
+                  "Stability was not measured: log the gradient norm (Hugging Face's Trainer logs grad_norm)."),
+    "efficiency": (Category.EFFICIENCY,
+                   "Efficiency was not measured: log an `epoch` metric or an `epochs` param."),
+    "convergence": (Category.CONVERGENCE,
+                    "Convergence was not measured: log the loss more often (a smaller logging_steps)."),
+    "loss_reduction": (Category.UNDERFITTING,
+                       "Loss reduction was not measured: the loss must start above zero for a relative reduction."),
+}
+
+
+def _unmeasured(factors):
+    return [
+        ImprovementSuggestion(MISSING_ADVICE[name][0], Priority.LOW, MISSING_ADVICE[name][1])
+        for name, factor in factors.items() if not factor.measured
+    ]
