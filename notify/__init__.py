@@ -44,3 +44,23 @@ __all__ = [
     "start_event",
     "warning_event",
 ]
+
+# Delivery imports apprise; it loads on first use so that `import notify` stays light.
+_LAZY = {
+    "ChannelError": "notify.channels",
+    "Channels": "notify.channels",
+    "fit_message": "notify.channels",
+    "load_channels": "notify.channels",
+    "Notifier": "notify.delivery",
+    "test_channels": "notify.delivery",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'notify' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -54,11 +54,17 @@ def test_notify_does_not_import_heavy_or_sibling_packages():
     import notify.events  # noqa: F401
     import notify.milestones  # noqa: F401
 
-    source_modules = [m for name, m in sys.modules.items() if name.startswith("notify")]
+    # Delivery (notify.channels, notify.delivery) wraps apprise by design; nothing in notify touches MLflow,
+    # torch or scoring, and the pure milestone modules do not touch apprise either.
+    pure = {"notify", "notify._checks", "notify.events", "notify.formatting", "notify.milestones"}
+    source_modules = [m for name, m in list(sys.modules.items()) if name.startswith("notify")]
     for module in source_modules:
         text = open(module.__file__, encoding="utf-8").read()
-        for forbidden in ("import mlflow", "import torch", "import scoring", "from scoring", "import apprise"):
-            assert forbidden not in text, f"{module.__name__} must not {forbidden!r}"
+        forbidden = ["import mlflow", "import torch", "import scoring", "from scoring", "import tracking"]
+        if module.__name__ in pure:
+            forbidden.append("import apprise")
+        for phrase in forbidden:
+            assert phrase not in text, f"{module.__name__} must not {phrase!r}"
 
 
 def test_enum_values_are_the_wire_strings():

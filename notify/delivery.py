@@ -1,0 +1,392 @@
+"""Delivering notifications without ever blocking or breaking the training loop.
+
+``Notifier.send(event)`` only puts the event on a bounded queue and returns. One daemon worker thread
+takes events in order, calls the registered Python callbacks, and sends the event to each channel that
+routes it (``Channels.targets``) separately, so every channel has its own outcome:
+
+* each attempt runs on a helper daemon thread and is abandoned after ``send_timeout`` seconds (a desktop
+  service without a notification daemon can hang forever); a timed-out attempt is not retried, since it
+  may have been delivered and a hung service would hang again;
+* a failed attempt (the service said no, or raised) is retried up to ``retries`` times, waiting
+  ``backoff``, ``2 * backoff``, ``4 * backoff``... seconds in between, and at least as long as apprise's
+  rate limit for the service asks (``request_rate_per_sec``: 5.5 s for email, 1.2 s for Slack; it also
+  spaces consecutive events to one service);
+* a failure is logged (WARNING, redacted URL) and recorded, never raised.
+
+When the queue is full the oldest progress event is dropped (then start, then warning; errors and the
+completion last) and recorded as dropped. ``close()`` (also run at interpreter exit) delivers what is
+queued within ``flush_timeout`` seconds and records what it could not.
+
+``records`` keep one dict per event: ``event`` (its ``to_dict()``), ``time`` (ISO 8601, UTC),
+``attachments``, ``dropped`` and ``deliveries``, one per channel:
+``{"channel": <redacted url>, "ok": bool, "attempts": int, "error": str | None, "seconds": float}``, plus
+``"dropped": true`` on those never attempted. ``write_jsonl`` writes them as the run's
+``notifications/events.jsonl``. Nothing recorded or logged carries a password or token from a URL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+import apprise
+from apprise import NotifyFormat, NotifyType
+
+from notify.channels import Channels, message_for
+from notify.events import EventType, NotificationEvent
+
+TEST_TITLE = "peft-studio test message"
+TEST_BODY = "If you can read this, peft-studio can send notifications to this channel."
+
+# Which queued event gives way first when the queue is full (lowest first; ties: the oldest).
+DROP_ORDER = {
+    EventType.PROGRESS: 0,
+    EventType.START: 1,
+    EventType.WARNING: 2,
+    EventType.ERROR: 3,
+    EventType.COMPLETION: 3,
+}
+
+MAX_ERROR_CHARS = 500
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[NotificationEvent], Any]
+
+
+class Notifier:
+    """Sends events to channels on a background thread; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        channels: Channels,
+        *,
+        send_timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        flush_timeout: float = 15.0,
+        max_queue: int = 100,
+    ) -> None:
+        if not isinstance(channels, Channels):
+            raise ValueError(f"channels must be a Channels (see load_channels), got {type(channels).__name__}")
+        _check_seconds("send_timeout", send_timeout, positive=True)
+        _check_seconds("backoff", backoff)
+        _check_seconds("flush_timeout", flush_timeout)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be a whole number >= 1, got {max_queue!r}")
+        self.channels = channels
+        self.send_timeout = float(send_timeout)
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.flush_timeout = float(flush_timeout)
+        self.max_queue = max_queue
+        self._callbacks: list[Callback] = []
+        self._lock = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._records: list[_Pending] = []
+        self._current: _Pending | None = None
+        self._closed = False
+        self._stop = threading.Event()  # set when close() gives up: the worker ends, waits end early
+        self._worker = threading.Thread(target=self._run, name="notify-delivery", daemon=True)
+        self._worker.start()
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    # --- the caller's side: never blocks -----------------------------------------------------------
+
+    def send(self, event: NotificationEvent, attachments: Iterable[str | os.PathLike[str]] = ()) -> bool:
+        """Queues ``event`` (with files to attach where the channel takes files) and returns at once.
+
+        Returns False when the event was not queued (the notifier is closed, or the queue is full of more
+        important events); that outcome is recorded as dropped.
+        """
+        if not isinstance(event, NotificationEvent):
+            raise ValueError(f"event must be a NotificationEvent, got {type(event).__name__}")
+        pending = _Pending(event, tuple(os.fspath(path) for path in attachments))
+        with self._lock:
+            self._records.append(pending)
+            if self._closed:
+                self._drop(pending, "not sent: the notifier was closed")
+                return False
+            self._queue.append(pending)
+            if len(self._queue) > self.max_queue:
+                victim = min(self._queue, key=lambda p: DROP_ORDER[p.event.event_type])
+                self._queue.remove(victim)
+                self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
+                if victim is pending:
+                    return False
+            self._lock.notify_all()
+        return True
+
+    def add_callback(self, fn: Callback) -> Callback:
+        """Calls ``fn(event)`` on the worker thread for every event it takes, before the channels.
+
+        Keep it quick: the channels wait for it. Exceptions in ``fn`` are logged, never raised. Events
+        dropped from a full queue or sent after ``close()`` never reach it. Returns ``fn``, so it works as
+        a decorator.
+        """
+        if not callable(fn):
+            raise ValueError(f"a notification callback must be callable, got {fn!r}")
+        with self._lock:
+            self._callbacks.append(fn)
+        return fn
+
+    register_notification_callback = add_callback
+
+    def close(self, timeout: float | None = None) -> None:
+        """Delivers what is queued within ``timeout`` (default ``flush_timeout``) seconds, then stops.
+
+        Safe to call twice. Whatever is still undelivered then is recorded as not sent.
+        """
+        timeout = self.flush_timeout if timeout is None else max(float(timeout), 0.0)
+        if threading.current_thread() is self._worker:  # from a callback: the worker cannot wait for itself
+            timeout = 0.0
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+            while self._queue or self._current is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    break
+                self._lock.wait(left)
+            self._stop.set()
+            self._lock.notify_all()
+            gave_up = f"close() gave up after {timeout:g} s"
+            while self._queue:
+                self._drop(self._queue.popleft(), f"not sent: {gave_up}")
+            if self._current is not None:
+                self._current.seal(self.channels, f"unknown: still sending when {gave_up}")
+        atexit.unregister(self._at_exit)
+
+    # --- what happened -----------------------------------------------------------------------------
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per event sent, in order (a copy: later outcomes do not change it)."""
+        with self._lock:
+            return [json.loads(json.dumps(pending.record)) for pending in self._records]
+
+    def write_jsonl(self, path: str | os.PathLike[str]) -> None:
+        """Writes ``records`` to ``path``, one JSON object per line (UTF-8)."""
+        lines = [json.dumps(record, ensure_ascii=False) for record in self.records]
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the worker --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed and not self._stop.is_set():
+                    self._lock.wait()
+                if self._stop.is_set() or not self._queue:
+                    return
+                pending = self._current = self._queue.popleft()
+            try:
+                self._deliver(pending)
+            except Exception:  # a bug here must not kill the worker or reach training
+                logger.exception("notify: delivering %r failed unexpectedly", pending.event.title)
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._lock.notify_all()
+
+    def _deliver(self, pending: _Pending) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for fn in callbacks:
+            try:
+                fn(pending.event)
+            except Exception:
+                logger.warning("notify: notification callback %r raised; ignored", fn, exc_info=True)
+        attachments = _existing(pending.attachments)
+        for service in self.channels.targets(pending.event.event_type):
+            if self._stop.is_set():
+                return
+            delivery = self._deliver_to(service, pending.event, attachments)
+            with self._lock:
+                pending.add(delivery)
+
+    def _deliver_to(self, service: Any, event: NotificationEvent, attachments: Sequence[str]) -> dict[str, Any]:
+        channel = self.channels.redacted_url(service)
+        target, message = message_for(service, event)
+        start = time.monotonic()
+        attempts, ok, error = 0, False, None
+        for attempt in range(self.retries + 1):
+            # Wait out the backoff, and apprise's rate limit for the service here, so that the
+            # attempt's timeout bounds only the sending itself.
+            pause = max(self.backoff * 2 ** (attempt - 1) if attempt else 0.0, _throttle_left(target))
+            if pause and self._stop.wait(pause):
+                error = "not sent: the notifier was closed" if error is None else f"{error}; not retried: closed"
+                break
+            attempts += 1
+            ok, error, timed_out = _attempt(target, message, attachments, self.send_timeout)
+            if ok or timed_out:
+                break
+        _keep_throttle(service, target)
+        error = None if ok else self.channels.redact(service, error or "failed")
+        if not ok:
+            logger.warning(
+                "notify: %r not delivered to %s after %d attempt(s): %s", event.title, channel, attempts, error
+            )
+        return _delivery(channel, ok, attempts, error, time.monotonic() - start)
+
+    def _drop(self, pending: _Pending, reason: str) -> None:
+        pending.record["dropped"] = True
+        pending.seal(self.channels, reason)
+        logger.warning("notify: %r %s", pending.event.title, reason)
+
+
+def test_channels(channels: Channels, timeout: float = 10.0) -> list[tuple[str, bool, str | None]]:
+    """Sends one test message to every channel, now, and says for each ``(redacted url, ok, error)``."""
+    _check_seconds("timeout", timeout, positive=True)
+    results = []
+    for service in channels:
+        message = {"title": TEST_TITLE, "body": TEST_BODY, "notify_type": NotifyType.INFO}
+        ok, error, _ = _attempt(service, message, (), timeout)
+        results.append((channels.redacted_url(service), ok, None if ok else channels.redact(service, error)))
+    return results
+
+
+test_channels.__test__ = False  # a product function, not a pytest test
+
+
+# --- one attempt, bounded -------------------------------------------------------------------------------
+
+
+def _attempt(
+    service: Any, message: dict[str, Any], attachments: Sequence[str], timeout: float
+) -> tuple[bool, str | None, bool]:
+    """Sends once on a helper daemon thread; returns ``(ok, error, timed_out)`` within ``timeout``."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["result"] = _notify(service, message, attachments)
+        except BaseException as exc:  # noqa: BLE001 - reported as this attempt's error
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="notify-send", daemon=True).start()
+    if not done.wait(timeout):
+        return False, f"timed out after {timeout:g} s", True
+    if "error" in outcome:
+        return False, outcome["error"][:MAX_ERROR_CHARS], False
+    return outcome["result"] + (False,)
+
+
+def _notify(service: Any, message: dict[str, Any], attachments: Sequence[str]) -> tuple[bool, str | None]:
+    """One apprise call for one service, with apprise's own log of what went wrong."""
+    attach = list(attachments) if attachments and service.attachment_support else None
+    with apprise.Apprise(service, asset=service.asset).notify(
+        body_format=NotifyFormat.TEXT, attach=attach, interpret_escapes=False, **message
+    ) as result:
+        if result:
+            return True, None
+        lines = []
+        for entry in result.logs():
+            text = " ".join(str(entry.message).split())
+            if entry.level in ("WARNING", "ERROR", "CRITICAL") and text and text not in lines:
+                lines.append(text)
+        error = "; ".join(lines) or f"the service reported {result.status.name.lower()}"
+        return False, error[:MAX_ERROR_CHARS]
+
+
+# --- records ----------------------------------------------------------------------------------------------
+
+
+class _Pending:
+    """An event on its way, and its record; ``seal`` fills in the channels it will never reach."""
+
+    def __init__(self, event: NotificationEvent, attachments: tuple[str, ...]) -> None:
+        self.event = event
+        self.attachments = attachments
+        self.sealed = False
+        self.record: dict[str, Any] = {
+            "event": event.to_dict(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "attachments": list(attachments),
+            "dropped": False,
+            "deliveries": [],
+        }
+
+    def add(self, delivery: dict[str, Any]) -> None:
+        if not self.sealed:
+            self.record["deliveries"].append(delivery)
+
+    def seal(self, channels: Channels, reason: str) -> None:
+        if self.sealed:
+            return
+        done = {delivery["channel"] for delivery in self.record["deliveries"]}
+        for service in channels.targets(self.event.event_type):
+            channel = channels.redacted_url(service)
+            if channel not in done:
+                self.record["deliveries"].append(_delivery(channel, False, 0, reason, 0.0, dropped=True))
+        self.sealed = True
+
+
+def _delivery(
+    channel: str, ok: bool, attempts: int, error: str | None, seconds: float, *, dropped: bool = False
+) -> dict[str, Any]:
+    delivery = {"channel": channel, "ok": ok, "attempts": attempts, "error": error, "seconds": round(seconds, 3)}
+    if dropped:
+        delivery["dropped"] = True
+    return delivery
+
+
+def _throttle_left(service: Any) -> float:
+    """Seconds until apprise's rate limit (``request_rate_per_sec``) lets this service send again."""
+    last = getattr(service, "_last_io_datetime", None)
+    rate = getattr(service, "request_rate_per_sec", 0) or 0
+    if last is None or rate <= 0:
+        return 0.0
+    return max(0.0, rate - (datetime.now() - last).total_seconds())
+
+
+def _keep_throttle(service: Any, target: Any) -> None:
+    """The copy sent for one event hands its last send time back, so the next event respects it."""
+    if hasattr(target, "_last_io_datetime"):
+        service._last_io_datetime = target._last_io_datetime
+
+
+def _existing(paths: Sequence[str]) -> list[str]:
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            found.append(path)
+        else:
+            logger.warning("notify: attachment %r does not exist; sending the text without it", path)
+    return found
+
+
+def _check_seconds(name: str, value: Any, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if positive and value == 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+
+
+def _close_at_exit(ref: weakref.ref[Notifier]) -> None:
+    notifier = ref()
+    if notifier is not None:
+        notifier.close()
