@@ -1,0 +1,154 @@
+"""The ``peft-studio`` command line (also what the MLproject entry points run).
+
+A mistake a user can make ends in one line on stderr naming the problem and the fix, with exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import MISSING, fields
+
+import click
+
+from .config import ConfigError, TrainConfig
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Error types that mean "the user asked for something that cannot work": shown as one line."""
+    from .analyze import AnalysisError
+
+    errors: list[type[BaseException]] = [ConfigError, AnalysisError]
+    try:
+        from notify.channels import ChannelError
+
+        errors.append(ChannelError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def friendly_errors(func):
+    """Turn user errors into one line and exit 2; unexpected errors keep their traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = (ctx.find_root().params or {}).get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except _user_errors() as exc:
+            if debug:
+                raise
+            click.echo(f"peft-studio: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """peft-studio: LoRA fine-tuning tracked in MLflow, with progress notifications and a quality score.
+
+    \b
+    peft-studio train                 fine-tune (built-in model and data by default), then analyze
+    peft-studio analyze RUN_ID        score any MLflow run from its logged metric history
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _train_options(func):
+    """One click option per TrainConfig field: the dataclass is the single list of settings."""
+    for f in reversed(fields(TrainConfig)):
+        default = f.default if f.default is not MISSING else None
+        func = click.option(
+            f"--{f.name.replace('_', '-')}",
+            f.name,
+            default=str(default),
+            show_default=True,
+            help=f.metadata.get("help", ""),
+        )(func)
+    return func
+
+
+@main.command()
+@_train_options
+@friendly_errors
+def train(**settings: str) -> None:
+    """Fine-tune a model with LoRA, log it to MLflow, then score the run.
+
+    Logs to the active MLflow run (the one `mlflow run` created) or starts one in the experiment named by
+    MLFLOW_EXPERIMENT_NAME. Set MLFLOW_TRACKING_URI to use a tracking server.
+    """
+    config = TrainConfig.from_strings(settings)
+    notifier, channel_count = _notifier_for(config.notify)
+    from .train import is_main_process, run_training
+
+    result = run_training(config, notifier=notifier, channel_count=channel_count)
+    if is_main_process() and result.analysis is not None:
+        _print_summary(result.run_id, result.analysis)
+
+
+def _notifier_for(spec: str):
+    """Validate the channels before anything is trained; no channels means no notifier."""
+    try:
+        from notify.channels import load_channels
+        from notify.delivery import Notifier
+    except ImportError:  # delivery not installed: milestones are still computed, nothing is sent
+        return None, 0
+    channels = load_channels(spec)
+    if not len(channels):
+        return None, 0
+    return Notifier(channels), len(channels)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--train-loss", help="Metric holding the training loss (default: detected, e.g. loss, train_loss).")
+@click.option("--eval-loss", help="Metric holding the eval loss (default: detected, e.g. eval_loss, val_loss).")
+@click.option("--grad-norm", help="Metric holding the gradient norm (default: detected, e.g. grad_norm).")
+@click.option("--learning-rate", help="Metric holding the learning rate (default: detected).")
+@click.option("--epoch", help="Metric holding the epoch (default: epoch).")
+@click.option("--dry-run", is_flag=True, help="Print the analysis without writing anything to the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (analysis.json's schema).")
+@friendly_errors
+def analyze(run_id: str, train_loss, eval_loss, grad_norm, learning_rate, epoch, dry_run: bool, as_json: bool) -> None:
+    """Score an existing MLflow run (any trainer) and write the results to it.
+
+    Writes metric quality_score, tags quality.*, the report as the run description, and artifacts
+    quality/analysis.json, quality/report.md, quality/loss_curve.png. Running it again replaces them.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from .analyze import analyze_run
+
+    overrides = {role: name for role, name in (
+        ("train_loss", train_loss), ("eval_loss", eval_loss), ("grad_norm", grad_norm),
+        ("learning_rate", learning_rate), ("epoch", epoch)) if name}
+    analysis = analyze_run(MlflowClient(), run_id, metric_names=overrides, write=not dry_run)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        _print_summary(run_id, analysis, written=not dry_run)
+
+
+def _print_summary(run_id: str, analysis, written: bool = True) -> None:
+    click.echo(f"\nRun {run_id}: quality score {analysis.quality_score:g}/100 ({analysis.overall_assessment})")
+    for name, factor in analysis.factors.items():
+        points = f"{factor.points:g}/{factor.max_points}" if factor.measured else "n/a"
+        click.echo(f"  {name:<15} {points:>6}  {factor.explanation}")
+    if analysis.suggestions:
+        click.echo("Suggestions:")
+        for s in analysis.suggestions[:5]:
+            change = f" [{s.change}]" if s.change else ""
+            click.echo(f"  - ({s.priority.value}, {s.category.value}) {s.message}{change}")
+    if written:
+        click.echo("Written to the run: metric quality_score, tags quality.*, artifacts quality/.")
+
+
+if __name__ == "__main__":
+    main()

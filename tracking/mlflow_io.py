@@ -1,0 +1,80 @@
+"""Read a run's metric history from MLflow and write a quality analysis back to the run.
+
+Everything goes through an explicit ``MlflowClient`` and run id (no active-run globals), and through
+the client's APIs only, so the same code works on a local sqlite store and a remote ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from scoring import QualityAnalysis
+
+# What an analysis writes to a run; these never count as training metrics when the run is analyzed again.
+SCORE_METRIC = "quality_score"
+TAG_SCORE = "quality.score"
+TAG_ASSESSMENT = "quality.assessment"
+TAG_TOP_SUGGESTION = "quality.top_suggestion"
+TAG_SCHEMA = "quality.schema_version"
+NOTE_TAG = "mlflow.note.content"
+ARTIFACT_DIR = "quality"
+OWN_METRICS = frozenset({SCORE_METRIC})
+TOP_SUGGESTION_CHARS = 120
+
+
+def read_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    """Every logged point of every metric of the run, as a DataFrame (key, step, value, timestamp)."""
+    run = client.get_run(run_id)
+    keys = sorted(k for k in run.data.metrics if k not in OWN_METRICS)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(keys)))) as pool:
+        histories = list(pool.map(lambda key: client.get_metric_history(run_id, key), keys))
+    rows = [(m.key, m.step, m.value, m.timestamp) for history in histories for m in history]
+    frame = pd.DataFrame(rows, columns=["key", "step", "value", "timestamp"])
+    # Points logged at the same step keep their logging order, so "last value wins" means the latest.
+    return frame.sort_values(["key", "step", "timestamp"], kind="mergesort").reset_index(drop=True)
+
+
+def top_suggestion_text(analysis: QualityAnalysis) -> str:
+    top = analysis.top_suggestion
+    if top is None:
+        return "none"
+    text = f"[{top.priority.value}] {top.category.value}: {top.change or top.message}"
+    return text if len(text) <= TOP_SUGGESTION_CHARS else text[: TOP_SUGGESTION_CHARS - 1] + "…"
+
+
+def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis) -> None:
+    """Log the analysis to the run. Writing again replaces the tags, artifacts and latest score."""
+    client.log_metric(run_id, SCORE_METRIC, analysis.quality_score, step=0)
+    data = analysis.to_dict()
+    client.set_tag(run_id, TAG_SCORE, f"{analysis.quality_score:g}")
+    client.set_tag(run_id, TAG_ASSESSMENT, analysis.overall_assessment)
+    client.set_tag(run_id, TAG_TOP_SUGGESTION, top_suggestion_text(analysis))
+    client.set_tag(run_id, TAG_SCHEMA, data["schema_version"])
+    report = analysis.to_markdown()
+    client.set_tag(run_id, NOTE_TAG, report)
+    client.log_text(run_id, json.dumps(data, indent=2, allow_nan=False), f"{ARTIFACT_DIR}/analysis.json")
+    client.log_text(run_id, report, f"{ARTIFACT_DIR}/report.md")
+    if analysis.curves is not None:
+        client.log_figure(run_id, analysis.loss_curve_figure(), f"{ARTIFACT_DIR}/loss_curve.png")
+
+
+def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log params the run does not have yet. ``mlflow run`` already logged its own, and MLflow refuses
+    to change a param, so a value it logged as '1e-3' must not be logged again as '0.001'."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    for start in range(0, len(new), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=new[start : start + 100])
+
+
+def run_page_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when tracking goes to a server (a local store has no URL)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,225 @@
+"""The training job: LoRA fine-tuning with transformers' Trainer, logged to MLflow, analyzed when it ends.
+
+Order matters for the user: everything they can get wrong (settings, data, notification channels, the
+model) is checked before the MLflow run is touched or a step is trained. Only the main process (rank 0
+under torchrun/accelerate) talks to MLflow and sends notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from notify import error_event, start_event
+
+from .analyze import analyze_run
+from .callbacks import MilestoneCallback, MlflowMetricsCallback
+from .config import TrainConfig
+from .data import TextData, load_text_data
+from .mlflow_io import log_new_params, run_page_url
+from .model import LoadedModel, load_lora_model
+
+log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class JobResult:
+    run_id: str | None
+    analysis: object | None  # scoring.QualityAnalysis on the main process
+    total_steps: int
+
+
+class _TokenizedDataset:
+    """A list of tokenized examples, which is all the Trainer's DataLoader needs."""
+
+    def __init__(self, encodings: dict, labels: list[int] | None):
+        self.encodings = encodings
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.encodings["input_ids"])
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def _tokenize(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> _TokenizedDataset:
+    return _TokenizedDataset(tokenizer(texts, truncation=True, max_length=max_length), labels)
+
+
+def _accuracy(eval_prediction) -> dict[str, float]:
+    logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) else eval_prediction.predictions
+    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == eval_prediction.label_ids))}
+
+
+def planned_steps(config: TrainConfig, train_examples: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = math.ceil(train_examples / (config.batch_size * world))
+    return max(1, math.ceil(per_epoch * config.epochs))
+
+
+def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, callbacks: list):
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    classification = config.task == "classification"
+    train = _tokenize(loaded.tokenizer, data.train_texts, data.train_labels, config.max_length)
+    evaluate = _tokenize(loaded.tokenizer, data.eval_texts, data.eval_labels, config.max_length) if data.eval_texts else None
+    steps = planned_steps(config, len(train))
+    eval_steps = config.eval_steps or max(1, steps // 10)
+    collator = (DataCollatorWithPadding(loaded.tokenizer) if classification
+                else DataCollatorForLanguageModeling(loaded.tokenizer, mlm=False))
+    args = TrainingArguments(
+        output_dir=config.output_dir,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size * 2,
+        warmup_steps=config.warmup_ratio,  # below 1 it is a fraction of the run (transformers >= 5)
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # keep NaN/inf in the history: the analysis must see them
+        eval_strategy="steps" if evaluate is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="no",
+        report_to="none",  # our own callback logs to the run mlflow created; see MlflowMetricsCallback
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+    return Trainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluate,
+        data_collator=collator,
+        compute_metrics=_accuracy if classification and evaluate is not None else None,
+        callbacks=callbacks,
+    )
+
+
+def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> JobResult:
+    """Train, then analyze. ``notifier`` has ``send(event, attachments=())`` and ``close()``; it is used
+    only on the main process. Raises ``ConfigError`` before touching MLflow when a setting is wrong."""
+    data = load_text_data(config)
+    loaded = load_lora_model(config, data.label_names)
+    main = is_main_process()
+    send = (lambda event, attachments=(): notifier.send(event, attachments)) if (main and notifier) else (
+        lambda event, attachments=(): None)
+    if not main:
+        trainer = build_trainer(config, data, loaded, callbacks=[])
+        trainer.train()
+        return JobResult(None, None, trainer.state.global_step)
+
+    client = MlflowClient()
+    active = mlflow.active_run() or mlflow.start_run()  # resumes MLFLOW_RUN_ID when `mlflow run` made the run
+    run_id = active.info.run_id
+    url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
+    milestones = MilestoneCallback(send)
+    trainer = None
+    try:
+        log_new_params(client, run_id, {
+            **config.to_params(),
+            "model_source": loaded.source if not config.model.startswith("builtin:") else config.model,
+            "train_examples": len(data.train_texts),
+            "eval_examples": len(data.eval_texts),
+            "num_labels": len(data.label_names) if data.label_names else "",
+            "trainable_params": loaded.trainable_params,
+            "total_params": loaded.total_params,
+            "notify_channels": channel_count,
+        })
+        client.set_tag(run_id, "peft_studio.task", config.task)
+        trainer = build_trainer(config, data, loaded, callbacks=[MlflowMetricsCallback(client, run_id), milestones])
+        total = planned_steps(config, len(data.train_texts))
+        send(start_event(config.model, config.data, total, run_url=url))
+        started = time.monotonic()
+        trainer.train()
+        log.info("training finished in %.1f s", time.monotonic() - started)
+        _save_adapter(trainer, client, run_id, config)
+        analysis = analyze_run(client, run_id)
+        _send_completion(milestones, analysis, url, send, config.output_dir)
+        _finish(client, run_id, notifier, "FINISHED")
+        return JobResult(run_id, analysis, trainer.state.global_step)
+    except BaseException as exc:
+        stopped = isinstance(exc, KeyboardInterrupt)
+        step = trainer.state.global_step if trainer is not None else 0
+        send(error_event(type(exc).__name__, str(exc), current_step=step,
+                         total_steps=milestones.manager.total_steps if milestones.manager else None,
+                         traceback_tail="".join(traceback.format_exception(exc)[-3:]), stopped=stopped))
+        _partial_analysis(client, run_id)
+        _finish(client, run_id, notifier, "KILLED" if stopped else "FAILED")
+        raise
+
+
+def _save_adapter(trainer, client: MlflowClient, run_id: str, config: TrainConfig) -> None:
+    """Keep the LoRA adapter (a few hundred KB) with the run, so the run is usable, not just scored."""
+    target = Path(config.output_dir) / "adapter"
+    trainer.save_model(str(target))
+    client.log_artifacts(run_id, str(target), "adapter")
+
+
+def _send_completion(milestones: MilestoneCallback, analysis, url: str | None, send, output_dir: str) -> None:
+    if milestones.manager is None:
+        return
+    event = milestones.manager.complete(
+        analysis.quality_score,
+        analysis.overall_assessment,
+        suggestions=[s.change or s.message for s in analysis.suggestions[:3]],
+        run_url=url,
+    )
+    if event is None:
+        return
+    attachments = []
+    if analysis.curves is not None:
+        # Written where the run's outputs live: the notifier reads it later, on its own thread.
+        png = Path(output_dir) / "loss_curve.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        analysis.loss_curve_figure().savefig(png)
+        attachments.append(str(png))
+    send(event, attachments)
+
+
+def _partial_analysis(client: MlflowClient, run_id: str) -> None:
+    """A crashed run still gets an analysis of the history it had, when there is one."""
+    try:
+        analyze_run(client, run_id)
+    except Exception as exc:  # never hide the original failure
+        log.info("no partial analysis for run %s: %s", run_id, exc)
+
+
+def _finish(client: MlflowClient, run_id: str, notifier, status: str) -> None:
+    if notifier is not None:
+        try:
+            notifier.close()
+            records = getattr(notifier, "write_jsonl", None)
+            if records is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "events.jsonl"
+                    notifier.write_jsonl(path)
+                    client.log_artifact(run_id, str(path), "notifications")
+        except Exception as exc:
+            log.warning("could not record notifications for run %s: %s", run_id, exc)
+    mlflow.end_run(status)
+
