@@ -34,7 +34,7 @@ class TrainConfig:
         "dataset name (needs network and the `datasets` package). The default is a built-in set of "
         "1,200 support tickets in 4 classes.", DEFAULT_DATA)
     task: str = _help("What to fine-tune for: classification or causal-lm.", "classification")
-    epochs: float = _help("Passes over the training data (ignored when max_steps > 0).", 3.0)
+    epochs: float = _help("Passes over the training data (ignored when max_steps > 0).", 2.0)
     max_steps: int = _help("Stop after this many optimizer steps; a positive value overrides epochs.", 0)
     learning_rate: float = _help("Peak learning rate of the linear schedule.", 1e-3)
     batch_size: int = _help("Examples per step (per device).", 16)
