@@ -46,7 +46,8 @@ class Curves:
         total_steps: int | None = None,
     ) -> "Curves":
         """Curves from bare value lists (the scalar API): points are spread evenly over the run's steps."""
-        last = total_steps or max(len(loss), len(eval_loss), len(grad_norm), 1)
+        # Never fewer steps than points, so every point keeps a step of its own.
+        last = max(total_steps or 0, len(loss), len(eval_loss), len(grad_norm), 1)
 
         def spread(values: tuple[float, ...]) -> pd.Series | None:
             if not values:

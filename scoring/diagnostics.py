@@ -280,11 +280,17 @@ def generalization(loss: pd.Series, eval_loss: pd.Series | None, thresholds: Thr
 def diagnose(curves, thresholds: Thresholds, max_grad_norm: float | None = None) -> Findings:
     """Run every rule on one set of curves (a ``curves.Curves``)."""
     loss = curves.train_loss
+    found_stability = stability(loss, curves.grad_norm, thresholds, max_grad_norm=max_grad_norm)
+    if found_stability.breakdown_steps:
+        # A 0.0 loss beside a NaN gradient norm is numerical breakdown, not a perfect fit: read it as NaN so
+        # the endpoints and the plateau test see only the losses the model really reached.
+        loss = loss.copy()
+        loss.loc[list(found_stability.breakdown_steps)] = np.nan
     ends = endpoints(loss, thresholds)
     return Findings(
         endpoints=ends,
         convergence=convergence(loss, thresholds),
-        stability=stability(loss, curves.grad_norm, thresholds, max_grad_norm=max_grad_norm),
+        stability=found_stability,
         generalization=generalization(loss, curves.eval_loss, thresholds),
         total_steps=max(ends.last_step, int(loss.index[-1])),
         points=len(loss),

@@ -217,10 +217,13 @@ class QualityAnalysis:
 
 
 def format_value(value: Any) -> str:
-    """Short, exact-enough rendering of a parameter value: 0.0002 -> '2e-4', 16 -> '16', 0.1 -> '0.1'."""
+    """Short, exact-enough rendering of a parameter value: 0.0002 -> '2e-4', 16 -> '16', 0.1 -> '0.1'.
+
+    Values below 0.01 use the exponent form, so a learning rate and its half read alike (1e-3 -> 5e-4).
+    """
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+    if value != 0 and math.isfinite(value) and (abs(value) < 1e-2 or abs(value) >= 1e5):
         mantissa, exponent = f"{value:.2e}".split("e")
         mantissa = mantissa.rstrip("0").rstrip(".")
         return f"{mantissa}e{int(exponent)}"

@@ -29,7 +29,8 @@ def suggest(
     stable = result.gradient_norm_stable is not False
     out: list[ImprovementSuggestion] = []
     out += _stability(result, findings, thresholds, hp)
-    out += _underfitting(result, factors, thresholds, hp, stable)
+    if stable:  # an unstable run is fixed first: its poor loss reduction follows from the instability
+        out += _underfitting(result, factors, thresholds, hp, stable)
     out += _convergence(result, findings, hp)
     out += _overfitting(factors, findings, thresholds, hp)
     out += _efficiency(result, factors, findings, thresholds, hp, stable)
@@ -47,6 +48,8 @@ def _lr_change(hp: Hyperparameters, factor: float) -> dict:
 def _round_sig(x: float, digits: int = 2) -> float:
     if x == 0:
         return 0.0
+    if not math.isfinite(x):  # a huge value doubled overflows to inf, which has no significant digits
+        return x
     return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
 
 
@@ -209,7 +212,9 @@ def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, h
                 "run than needed.", **_shorter(hp, at),
             ))
     c = f.convergence if f else None
-    if c and c.converged and c.plateau_start_step is not None and total and c.plateau_start_step < 0.5 * total:
+    learned = factors["loss_reduction"].measured and factors["loss_reduction"].points >= 20
+    if (c and c.converged and learned and c.plateau_start_step is not None and total
+            and c.plateau_start_step < 0.5 * total):
         at = c.plateau_start_step / total
         out.append(ImprovementSuggestion(
             Category.EFFICIENCY, Priority.LOW,
