@@ -152,14 +152,17 @@ def convergence(loss: pd.Series, thresholds: Thresholds) -> ConvergenceFinding:
     # Sen's slope is per binned point; spread it over the whole window to get the total change.
     change = trend.slope * (trend.n - 1) / abs(level) if level != 0 else 0.0
     practically_flat = abs(change) < thresholds.convergence_min_improvement
-    converged = practically_flat or not trend.significant
+    # On a short window the trend test has no power ("not significant" would mean nothing), so only a
+    # practically flat curve counts as converged there.
+    testable = m >= thresholds.min_points_for_trend_test
+    converged = practically_flat or (testable and not trend.significant)
     return ConvergenceFinding(
         measured=True,
         converged=converged,
         change=float(change),
         window_start_step=int(window.index[0]),
         plateau_start_step=plateau_start(finite, thresholds) if converged else None,
-        trend=trend,
+        trend=trend if testable else None,
     )
 
 

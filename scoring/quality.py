@@ -158,10 +158,11 @@ def _convergence(r: TrainingResult, f: Findings | None) -> FactorScore:
         return _factor("convergence", value, f"reported as {state}")
     moved = "fell" if c.change < 0 else "rose"
     trend = c.trend
-    stats = f"Mann-Kendall z={trend.z:.2f}, p={trend.p_value:.2g}, Hamed-Rao corrected"
+    stats = (f"Mann-Kendall z={trend.z:.2f}, p={trend.p_value:.2g}, Hamed-Rao corrected" if trend
+             else "too few points for a trend test")
     where = f"over the final window (steps {c.window_start_step}-{f.endpoints.last_step}; {stats})"
     if c.converged:
-        why = "no significant trend" if not trend.significant else "too small a change to matter"
+        why = "no significant trend" if trend and not trend.significant else "too small a change to matter"
         text = f"loss {moved} {_pct(abs(c.change))} {where}: {why}, so the run had converged"
         if c.plateau_start_step is not None:
             text += f"; the curve was flat from about step {c.plateau_start_step}"

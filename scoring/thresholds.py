@@ -34,6 +34,11 @@ class Thresholds:
     min_points_for_trend: int = field(
         default=5, metadata={"help": "Fewest logged loss points for which convergence is judged at all."}
     )
+    min_points_for_trend_test: int = field(
+        default=10,
+        metadata={"help": "Fewest points in the final window for the trend test; below it only the relative "
+                  "change decides (a short window converges only when practically flat)."},
+    )
     warmup_fraction: float = field(
         default=0.10,
         metadata={"help": "Leading fraction of the run ignored by the divergence rule (warm-up is allowed to be rough)."},

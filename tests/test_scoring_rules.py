@@ -458,3 +458,14 @@ def test_a_scalar_only_analysis_has_no_figure():
     analysis = analyze_training_quality(TrainingResult(final_loss=0.35, initial_loss=2.1))
     with pytest.raises(ValueError, match="no loss history to plot"):
         analysis.loss_curve_figure()
+
+
+def test_a_short_final_window_is_converged_only_when_practically_flat():
+    # 30 points: the final window has 6, too few for the trend test to mean anything.
+    steps = np.arange(1, 31)
+    falling = 2.0 - 0.05 * steps  # still falling about 12% over the last 6 points
+    analysis = analyze_history(frame(loss=(steps, falling)))
+    assert analysis.factors["convergence"].points == 10
+    assert "too few points for a trend test" in analysis.factors["convergence"].explanation
+    flat = np.r_[np.linspace(2.0, 0.5, 24), np.full(6, 0.5)]
+    assert analyze_history(frame(loss=(steps, flat))).factors["convergence"].points == 25

@@ -50,7 +50,7 @@ class TrainConfig:
     max_grad_norm: float = _help("Gradient clipping threshold (0 disables clipping).", 1.0)
     eval_fraction: float = _help("Fraction of the data held out for evaluation (0 disables eval).", 0.1)
     eval_steps: int = _help("Evaluate every this many steps (0: about 10 times per run).", 0)
-    logging_steps: int = _help("Log train loss, grad norm and learning rate every this many steps.", 5)
+    logging_steps: int = _help("Log train loss, grad norm and learning rate every this many steps.", 2)
     seed: int = _help("Random seed for the split, the adapter init and the data order.", 42)
     notify: str = _help(
         "Where to send progress messages: apprise URLs separated by spaces or commas, or the path of an "
