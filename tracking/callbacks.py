@@ -7,7 +7,6 @@ nothing, so under ``torchrun`` metrics are logged and milestones sent exactly on
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Callable
 
@@ -15,7 +14,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from notify import NotificationEvent, NotificationManager
+from .monitor import TrainingMonitor
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +43,89 @@ class MlflowMetricsCallback(TrainerCallback):
             log.warning("could not log %d metric(s) at step %d to MLflow: %s", len(metrics), state.global_step, exc)
 
 
-class MilestoneCallback(TrainerCallback):
-    """Turns step counts into milestone notifications; the 100% one waits for the quality score."""
+class NotificationCallback(TrainerCallback):
+    """Feeds Trainer events to a ``TrainingMonitor`` (milestones, warnings, stall watchdog); main process only.
 
-    def __init__(self, send: Callable[[NotificationEvent], None]):
-        self.send = send
-        self.manager: NotificationManager | None = None
-        self.latest: dict[str, float] = {}
-        self.started = time.monotonic()
+    The monitor is made at ``on_train_begin``, when the Trainer knows the real number of steps (which
+    depends on the number of processes) and the step a resumed run starts from.
+    """
+
+    def __init__(self, make_monitor: Callable[[int, int], TrainingMonitor], model: str, data: str,
+                 run_url: str | None = None):
+        self.make_monitor = make_monitor
+        self.start_info = {"model": model, "data": data, "run_url": run_url}
+        self.monitor: TrainingMonitor | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.max_steps > 0:
-            self.manager = NotificationManager(state.max_steps, start_step=state.global_step)
-            self.started = time.monotonic()
+        if state.is_world_process_zero and self.monitor is None:
+            self.monitor = self.make_monitor(max(state.max_steps, 1), state.global_step)
+            self.monitor.start(**self.start_info)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for source, name in (("loss", "loss"), ("eval_loss", "eval_loss")):
-            value = (logs or {}).get(source)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.latest[name] = float(value)
+        if self.monitor is not None and logs:
+            self.monitor.log(state.global_step, logs)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.manager is None:
+        if self.monitor is not None:
+            self.monitor.step(state.global_step)
+
+
+class PeftStudioCallback(NotificationCallback):
+    """For your own ``Trainer``: milestones, warnings and, when training ends, the quality analysis of
+    the MLflow run (``report_to="mlflow"``) and the completion message with its score.
+
+        trainer = Trainer(..., args=TrainingArguments(..., report_to="mlflow"),
+                          callbacks=[PeftStudioCallback(notify="json://127.0.0.1:8000/hook")])
+        try:
+            trainer.train()
+        except BaseException as exc:
+            trainer.callback_handler.callbacks[-1].fail(exc)   # or keep a reference to the callback
+            raise
+
+    ``notify`` takes what ``--notify`` takes (URLs or an apprise config file; empty: PEFT_STUDIO_NOTIFY).
+    Invalid channels raise ``ChannelError`` here, before training starts.
+    """
+
+    def __init__(self, notify: str | None = None, analyze: bool = True, stall_minutes: float = 15.0,
+                 model: str = "your model", data: str = "your data"):
+        from notify.channels import load_channels
+        from notify.delivery import Notifier
+
+        self.notifier = Notifier(load_channels(notify))
+        self.analyze = analyze
+        self.run_id: str | None = None
+        super().__init__(lambda total, start: TrainingMonitor(self.notifier, total, start_step=start,
+                                                               stall_minutes=stall_minutes), model, data)
+
+    def register_notification_callback(self, fn):
+        return self.notifier.add_callback(fn)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import mlflow
+
+        if state.is_world_process_zero and mlflow.active_run() is not None:
+            self.run_id = mlflow.active_run().info.run_id
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is None:
             return
-        events = self.manager.update(
-            min(state.global_step, self.manager.total_steps),
-            loss=self.latest.get("loss"),
-            eval_loss=self.latest.get("eval_loss"),
-            elapsed_seconds=time.monotonic() - self.started,
-            hold_completion=True,
-        )
-        for event in events:
-            self.send(event)
+        analysis = None
+        if self.analyze and self.run_id:
+            import mlflow
+
+            from .analyze import analyze_run
+
+            try:
+                mlflow.flush_async_logging()  # MLflowCallback logs asynchronously
+                analysis = analyze_run(MlflowClient(), self.run_id)
+            except Exception as exc:  # the completion message still goes out, without a score
+                log.warning("could not analyze run %s: %s", self.run_id, exc)
+        self.monitor.complete(analysis)
+        self.monitor.close()
+
+    def fail(self, exc: BaseException) -> None:
+        """Report a crash (or, for KeyboardInterrupt, a stop) of ``trainer.train()``."""
+        if self.monitor is not None:
+            self.monitor.fail(exc, stopped=isinstance(exc, KeyboardInterrupt))
+            self.monitor.close()

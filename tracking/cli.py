@@ -17,16 +17,11 @@ from .config import ConfigError, TrainConfig
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean "the user asked for something that cannot work": shown as one line."""
+    from notify.channels import ChannelError
+
     from .analyze import AnalysisError
 
-    errors: list[type[BaseException]] = [ConfigError, AnalysisError]
-    try:
-        from notify.channels import ChannelError
-
-        errors.append(ChannelError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, AnalysisError, ChannelError)
 
 
 def friendly_errors(func):
@@ -83,25 +78,19 @@ def train(**settings: str) -> None:
     MLFLOW_EXPERIMENT_NAME. Set MLFLOW_TRACKING_URI to use a tracking server.
     """
     config = TrainConfig.from_strings(settings)
-    notifier, channel_count = _notifier_for(config.notify)
+    from notify.channels import load_channels
+    from notify.delivery import Notifier
+
+    channels = load_channels(config.notify)  # bad URLs are refused here, before anything trains
     from .train import is_main_process, run_training
 
-    result = run_training(config, notifier=notifier, channel_count=channel_count)
+    try:
+        result = run_training(config, notifier=Notifier(channels), channel_count=len(channels))
+    except KeyboardInterrupt as exc:
+        click.echo(f"peft-studio: {exc or 'interrupted'}; the MLflow run is marked KILLED", err=True)
+        sys.exit(130)
     if is_main_process() and result.analysis is not None:
         _print_summary(result.run_id, result.analysis)
-
-
-def _notifier_for(spec: str):
-    """Validate the channels before anything is trained; no channels means no notifier."""
-    try:
-        from notify.channels import load_channels
-        from notify.delivery import Notifier
-    except ImportError:  # delivery not installed: milestones are still computed, nothing is sent
-        return None, 0
-    channels = load_channels(spec)
-    if not len(channels):
-        return None, 0
-    return Notifier(channels), len(channels)
 
 
 @main.command()
@@ -148,6 +137,43 @@ def _print_summary(run_id: str, analysis, written: bool = True) -> None:
             click.echo(f"  - ({s.priority.value}, {s.category.value}) {s.message}{change}")
     if written:
         click.echo("Written to the run: metric quality_score, tags quality.*, artifacts quality/.")
+
+
+@main.group()
+def notify() -> None:
+    """Check notification channels."""
+
+
+@notify.command("test")
+@click.argument("channels", required=False, default="")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each channel.")
+@friendly_errors
+def notify_test(channels: str, timeout: float) -> None:
+    """Send one test message to each channel and say, per channel, whether it went through.
+
+    CHANNELS takes what `train --notify` takes: apprise URLs separated by spaces or commas, or the path of
+    an apprise config file (YAML or text, with `tag:` routing). Empty: the PEFT_STUDIO_NOTIFY variable.
+
+    \b
+    Examples:
+      peft-studio notify test 'slack://TokenA/TokenB/TokenC/#training'
+      peft-studio notify test 'mailtos://user:app-password@gmail.com?to=me@example.com'
+      peft-studio notify test 'dbus://'                      (Linux desktop)
+      peft-studio notify test notify.yaml
+    """
+    from notify.channels import load_channels
+    from notify.delivery import test_channels
+
+    loaded = load_channels(channels)
+    if not len(loaded):
+        click.echo("peft-studio: error: no channels given: pass apprise URLs or a config file, or set "
+                   "PEFT_STUDIO_NOTIFY", err=True)
+        sys.exit(2)
+    results = test_channels(loaded, timeout=timeout)
+    for url, ok, error in results:
+        click.echo(f"{'ok    ' if ok else 'FAILED'}  {url}" + (f"  ({error})" if error else ""))
+    if not all(ok for _, ok, _ in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ under torchrun/accelerate) talks to MLflow and sends notifications.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +22,14 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from notify import error_event, start_event
 
 from .analyze import analyze_run
-from .callbacks import MilestoneCallback, MlflowMetricsCallback
+from .callbacks import MlflowMetricsCallback, NotificationCallback
 from .config import TrainConfig
 from .data import TextData, load_text_data
 from .mlflow_io import log_new_params, run_page_url
 from .model import LoadedModel, load_lora_model
+from .monitor import TrainingMonitor
 
 log = logging.getLogger(__name__)
 
@@ -120,57 +122,95 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
     )
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """SIGTERM, turned into the same path as Ctrl-C: the run is reported stopped and marked KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_stop():
+    """Let SIGTERM (what schedulers and `kill` send) end training like Ctrl-C, so it is reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TrainingStopped("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> JobResult:
-    """Train, then analyze. ``notifier`` has ``send(event, attachments=())`` and ``close()``; it is used
-    only on the main process. Raises ``ConfigError`` before touching MLflow when a setting is wrong."""
+    """Train, then analyze. ``notifier`` (a ``notify.Notifier``) is used only on the main process.
+    Raises ``ConfigError`` before touching MLflow when a setting, the data or the model is wrong."""
     data = load_text_data(config)
     loaded = load_lora_model(config, data.label_names)
-    main = is_main_process()
-    send = (lambda event, attachments=(): notifier.send(event, attachments)) if (main and notifier) else (
-        lambda event, attachments=(): None)
-    if not main:
+    if not is_main_process():
         trainer = build_trainer(config, data, loaded, callbacks=[])
         trainer.train()
         return JobResult(None, None, trainer.state.global_step)
+    if notifier is None:
+        from notify.channels import Channels
+        from notify.delivery import Notifier
+
+        notifier = Notifier(Channels())  # no channels: events are still recorded in events.jsonl
 
     client = MlflowClient()
     active = mlflow.active_run() or mlflow.start_run()  # resumes MLFLOW_RUN_ID when `mlflow run` made the run
     run_id = active.info.run_id
     url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
-    milestones = MilestoneCallback(send)
+    sent_before = _milestones_sent(client, run_id)
+    params = config.to_params()
+
+    def make_monitor(total: int, start_step: int) -> TrainingMonitor:
+        return TrainingMonitor(notifier, total, already_sent=sent_before, start_step=start_step, params=params)
+
+    notifications = NotificationCallback(make_monitor, config.model, config.data, url)
     trainer = None
-    try:
-        log_new_params(client, run_id, {
-            **config.to_params(),
-            "model_source": loaded.source if not config.model.startswith("builtin:") else config.model,
-            "train_examples": len(data.train_texts),
-            "eval_examples": len(data.eval_texts),
-            "num_labels": len(data.label_names) if data.label_names else "",
-            "trainable_params": loaded.trainable_params,
-            "total_params": loaded.total_params,
-            "notify_channels": channel_count,
-        })
-        client.set_tag(run_id, "peft_studio.task", config.task)
-        trainer = build_trainer(config, data, loaded, callbacks=[MlflowMetricsCallback(client, run_id), milestones])
-        total = planned_steps(config, len(data.train_texts))
-        send(start_event(config.model, config.data, total, run_url=url))
-        started = time.monotonic()
-        trainer.train()
-        log.info("training finished in %.1f s", time.monotonic() - started)
-        _save_adapter(trainer, client, run_id, config)
-        analysis = analyze_run(client, run_id)
-        _send_completion(milestones, analysis, url, send, config.output_dir)
-        _finish(client, run_id, notifier, "FINISHED")
-        return JobResult(run_id, analysis, trainer.state.global_step)
-    except BaseException as exc:
-        stopped = isinstance(exc, KeyboardInterrupt)
-        step = trainer.state.global_step if trainer is not None else 0
-        send(error_event(type(exc).__name__, str(exc), current_step=step,
-                         total_steps=milestones.manager.total_steps if milestones.manager else None,
-                         traceback_tail="".join(traceback.format_exception(exc)[-3:]), stopped=stopped))
-        _partial_analysis(client, run_id)
-        _finish(client, run_id, notifier, "KILLED" if stopped else "FAILED")
-        raise
+    with _sigterm_as_stop():
+        try:
+            log_new_params(client, run_id, {
+                **params,
+                "model_source": config.model if config.model.startswith("builtin:") else loaded.source,
+                "train_examples": len(data.train_texts),
+                "eval_examples": len(data.eval_texts),
+                "num_labels": len(data.label_names) if data.label_names else "",
+                "trainable_params": loaded.trainable_params,
+                "total_params": loaded.total_params,
+                "notify_channels": channel_count,
+            })
+            client.set_tag(run_id, "peft_studio.task", config.task)
+            trainer = build_trainer(config, data, loaded,
+                                    callbacks=[MlflowMetricsCallback(client, run_id), notifications])
+            started = time.monotonic()
+            trainer.train()
+            log.info("training finished in %.1f s", time.monotonic() - started)
+            _save_adapter(trainer, client, run_id, config)
+            analysis = analyze_run(client, run_id)
+            monitor = notifications.monitor or make_monitor(max(trainer.state.max_steps, 1), 0)
+            monitor.complete(analysis, url, _loss_curve_png(analysis, config.output_dir))
+            _finish(client, run_id, monitor, "FINISHED")
+            return JobResult(run_id, analysis, trainer.state.global_step)
+        except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt)
+            planned = trainer.state.max_steps if trainer is not None and trainer.state.max_steps else 1
+            monitor = notifications.monitor or make_monitor(planned, 0)
+            monitor.fail(exc, stopped=stopped)
+            _partial_analysis(client, run_id)
+            _finish(client, run_id, monitor, "KILLED" if stopped else "FAILED")
+            raise
+
+
+MILESTONES_TAG = "peft_studio.milestones_sent"
+
+
+def _milestones_sent(client: MlflowClient, run_id: str) -> tuple[int, ...]:
+    """Milestones an earlier attempt of this run already sent, so a resumed run does not repeat them."""
+    recorded = client.get_run(run_id).data.tags.get(MILESTONES_TAG, "")
+    return tuple(int(m) for m in recorded.split(",") if m.strip().isdigit())
 
 
 def _save_adapter(trainer, client: MlflowClient, run_id: str, config: TrainConfig) -> None:
@@ -180,25 +220,15 @@ def _save_adapter(trainer, client: MlflowClient, run_id: str, config: TrainConfi
     client.log_artifacts(run_id, str(target), "adapter")
 
 
-def _send_completion(milestones: MilestoneCallback, analysis, url: str | None, send, output_dir: str) -> None:
-    if milestones.manager is None:
-        return
-    event = milestones.manager.complete(
-        analysis.quality_score,
-        analysis.overall_assessment,
-        suggestions=[s.change or s.message for s in analysis.suggestions[:3]],
-        run_url=url,
-    )
-    if event is None:
-        return
-    attachments = []
-    if analysis.curves is not None:
-        # Written where the run's outputs live: the notifier reads it later, on its own thread.
-        png = Path(output_dir) / "loss_curve.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        analysis.loss_curve_figure().savefig(png)
-        attachments.append(str(png))
-    send(event, attachments)
+def _loss_curve_png(analysis, output_dir: str) -> list[str]:
+    """The plot to attach to the completion message, written where the run's outputs live (the notifier
+    reads it later, on its own thread)."""
+    if analysis.curves is None:
+        return []
+    png = Path(output_dir) / "loss_curve.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    analysis.loss_curve_figure().savefig(png)
+    return [str(png)]
 
 
 def _partial_analysis(client: MlflowClient, run_id: str) -> None:
@@ -209,17 +239,16 @@ def _partial_analysis(client: MlflowClient, run_id: str) -> None:
         log.info("no partial analysis for run %s: %s", run_id, exc)
 
 
-def _finish(client: MlflowClient, run_id: str, notifier, status: str) -> None:
-    if notifier is not None:
-        try:
-            notifier.close()
-            records = getattr(notifier, "write_jsonl", None)
-            if records is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "events.jsonl"
-                    notifier.write_jsonl(path)
-                    client.log_artifact(run_id, str(path), "notifications")
-        except Exception as exc:
-            log.warning("could not record notifications for run %s: %s", run_id, exc)
+def _finish(client: MlflowClient, run_id: str, monitor: TrainingMonitor, status: str) -> None:
+    """Flush notifications (bounded), keep their record with the run, and close the run."""
+    try:
+        monitor.close()
+        sent = sorted(monitor.manager.sent_milestones)
+        client.set_tag(run_id, MILESTONES_TAG, ",".join(str(m) for m in sent))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "events.jsonl"
+            monitor.notifier.write_jsonl(path)
+            client.log_artifact(run_id, str(path), "notifications")
+    except Exception as exc:  # the run's status matters more than its notification record
+        log.warning("could not record notifications for run %s: %s", run_id, exc)
     mlflow.end_run(status)
-

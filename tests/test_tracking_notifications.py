@@ -1,0 +1,166 @@
+"""Notifications from the real training job, delivered to real receivers on 127.0.0.1.
+
+Each test trains the built-in model for a few steps; receivers are a JSON webhook (apprise `json://`) and an
+aiosmtpd SMTP server. What is asserted is what a user sees: which messages arrive, once each, with what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from receivers import HTTPReceiver, SMTPReceiver, free_port
+from tracking.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+SECRET = "s3cr3tPW"
+
+
+def _config(tmp_path, notify: str, **overrides) -> TrainConfig:
+    settings = dict(max_steps=8, logging_steps=1, eval_steps=4, output_dir=str(tmp_path / "out"), notify=notify)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _train(config: TrainConfig, **notifier_options):
+    from notify.channels import load_channels
+    from notify.delivery import Notifier
+    from tracking.train import run_training
+
+    channels = load_channels(config.notify)
+    return run_training(config, notifier=Notifier(channels, **notifier_options), channel_count=len(channels))
+
+
+def _events(client: MlflowClient, run_id: str, tmp_path) -> list[dict]:
+    path = client.download_artifacts(run_id, "notifications/events.jsonl", str(tmp_path))
+    return [json.loads(line) for line in open(path)]
+
+
+def test_milestones_completion_and_email_with_the_plot(tracking_uri, tmp_path):
+    mlflow.set_experiment("notify")
+    with HTTPReceiver() as webhook, SMTPReceiver() as smtp:
+        config_file = tmp_path / "notify.yaml"
+        mail = smtp.url("trainer", SECRET, "me@example.com", "bot@example.com")
+        config_file.write_text(
+            "urls:\n"
+            f"  - {webhook.url()}\n"
+            f"  - \"{mail}\":\n"
+            "      tag: completion, error\n"
+        )
+        result = _train(_config(tmp_path, str(config_file)))
+        posts = [p["json"] for p in webhook.wait_for(5, timeout=20)]
+        mails = smtp.wait_for(1, timeout=20)
+
+    titles = [p["title"] for p in posts]
+    assert titles == ["Training Started", "Training 25% Complete", "Training Halfway There!",
+                      "Training 75% Complete", "Training Complete! 🎉"]
+    score = result.analysis.quality_score
+    assert f"{score:g}/100" in posts[-1]["message"]
+    assert posts[-1]["type"] == "success" and posts[1]["type"] == "info"
+    assert "Step 2/8" in posts[1]["message"] and "Step 6/8" in posts[3]["message"]
+
+    # email is routed to completion (and errors) only, and carries the loss curve
+    assert len(mails) == 1
+    assert mails[0]["Subject"].startswith("Training Complete!")
+    attachments = [part for part in mails[0].walk() if part.get_content_type() == "image/png"]
+    assert attachments and attachments[0].get_payload(decode=True).startswith(b"\x89PNG")
+
+    # the record in the run: every event, each channel's outcome, no secret anywhere
+    client = MlflowClient()
+    events = _events(client, result.run_id, tmp_path)
+    assert [e["event"]["title"] for e in events] == titles
+    assert all(d["ok"] for e in events for d in e["deliveries"])
+    run = client.get_run(result.run_id)
+    everything = json.dumps(events) + json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert SECRET not in everything
+    assert run.data.params["notify"] == "(configured)"
+    assert run.data.tags["peft_studio.milestones_sent"] == "25,50,75,100"
+
+
+def test_broken_channels_never_break_training(tracking_uri, tmp_path):
+    """A webhook that hangs, one that answers 500 and a refused port: training finishes and is analyzed."""
+    mlflow.set_experiment("faults")
+    with HTTPReceiver() as slow, HTTPReceiver() as failing:
+        slow.delay = 10.0
+        failing.status = 500
+        refused = f"json://127.0.0.1:{free_port()}/hook"
+        config = _config(tmp_path, f"{slow.url()} {failing.url()} {refused}")
+        started = time.monotonic()
+        result = _train(config, send_timeout=1.0, retries=1, backoff=0.1, flush_timeout=5.0)
+        elapsed = time.monotonic() - started
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert "quality_score" in run.data.metrics
+    deliveries = [d for e in _events(client, result.run_id, tmp_path) for d in e["deliveries"]]
+    assert deliveries and not any(d["ok"] for d in deliveries)
+    assert elapsed < 300  # bounded: the hanging channel costs at most the flush timeout at the end
+
+
+def test_a_crash_is_reported_with_its_step_and_the_run_is_marked_failed(tracking_uri, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    import tracking.train as train
+
+    class SimulatedOOM(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("CUDA out of memory (simulated)")
+
+    real_build = train.build_trainer
+    monkeypatch.setattr(train, "build_trainer",
+                        lambda config, data, loaded, callbacks: real_build(config, data, loaded,
+                                                                           [*callbacks, SimulatedOOM()]))
+    mlflow.set_experiment("crash")
+    with HTTPReceiver() as webhook:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            _train(_config(tmp_path, webhook.url()))
+        posts = [p["json"] for p in webhook.wait_for(3, timeout=20)]
+    error = posts[-1]
+    assert error["title"] == "Training Failed" and error["type"] == "failure"
+    assert "RuntimeError" in error["message"] and "out of memory" in error["message"]
+    assert "step 3" in error["message"].lower()
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("crash").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert "quality_score" in run.data.metrics  # partial analysis of the history it had
+
+
+def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_path):
+    with HTTPReceiver() as webhook:
+        command = [sys.executable, "-m", "tracking.cli", "train", "--max-steps", "400", "--logging-steps", "1",
+                   "--eval-fraction", "0", "--notify", webhook.url(), "--output-dir", str(tmp_path / "out")]
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "MLFLOW_EXPERIMENT_NAME": "sigterm"})
+        try:
+            assert webhook.wait_for(1, timeout=240), "training never started"
+            client = MlflowClient()
+            deadline = time.monotonic() + 120
+            run = None
+            while time.monotonic() < deadline:  # wait until steps are being logged
+                runs = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
+                if runs and "loss" in runs[0].data.metrics and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
+                    run = runs[0]
+                    break
+                time.sleep(0.5)
+            assert run is not None
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        posts = [p["json"] for p in webhook.wait_for(2, timeout=10)]
+    assert process.returncode == 130
+    assert "the MLflow run is marked KILLED" in stderr and "Traceback" not in stderr
+    assert posts[-1]["title"] == "Training Stopped"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
