@@ -1,7 +1,9 @@
 """Milestone notifications for training runs: pure detection and deduplication (no I/O here).
 
 ``check_progress_milestone`` is the stateless product API; a training run keeps one ``NotificationManager``
-so that no milestone is ever sent twice, even after a resume.
+so that no milestone is ever sent twice, even after a resume. Likewise one ``TrainingWatch`` per run turns
+Trainer logs into warnings (NaN/inf, loss spike, rising eval loss, stall), each sent once, and a
+``StallWatchdog`` thread notices when steps stop coming.
 """
 
 from notify.events import (
@@ -24,16 +26,34 @@ from notify.milestones import (
     crossed_milestones,
     milestone_event,
 )
+from notify.watch import (
+    EVAL_RISING,
+    LOSS_SPIKE,
+    NONFINITE,
+    STALL,
+    WARNING_ADVICE,
+    WARNING_KINDS,
+    TrainingWatch,
+)
+from notify.watchdog import StallWatchdog
 
 __all__ = [
     "DEFAULT_URGENCY",
+    "EVAL_RISING",
+    "LOSS_SPIKE",
     "MILESTONES",
     "MILESTONE_TITLES",
+    "NONFINITE",
     "EventType",
     "NotificationEvent",
     "NotificationManager",
     "ProgressUpdate",
+    "STALL",
+    "StallWatchdog",
+    "TrainingWatch",
     "Urgency",
+    "WARNING_ADVICE",
+    "WARNING_KINDS",
     "check_progress_milestone",
     "completion_event",
     "crossed_milestones",
