@@ -80,6 +80,16 @@ def planned_steps(config: TrainConfig, train_examples: int) -> int:
     return max(1, math.ceil(per_epoch * config.epochs))
 
 
+def _ddp_backend() -> str | None:
+    """Several processes without a GPU (e.g. `torchrun --nproc_per_node 2` on a CPU box) need gloo;
+    on GPUs the default (nccl) is right."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return "gloo"
+    return None
+
+
 def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, callbacks: list):
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -110,8 +120,9 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
         data_seed=config.seed,
         remove_unused_columns=False,
         label_names=["labels"],
+        ddp_backend=_ddp_backend(),
     )
-    return Trainer(
+    trainer = Trainer(
         model=loaded.model,
         args=args,
         train_dataset=train,
@@ -120,6 +131,12 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
         compute_metrics=_accuracy if classification and evaluate is not None else None,
         callbacks=callbacks,
     )
+    if classification:
+        # peft's wrapper passes **kwargs through, so the Trainer believes the model normalizes its loss by the
+        # items of the whole multi-process batch and multiplies it by the process count; sequence
+        # classification heads ignore that count, so under torchrun the loss would be world_size times too big.
+        trainer.model_accepts_loss_kwargs = False
+    return trainer
 
 
 class TrainingStopped(KeyboardInterrupt):
