@@ -18,7 +18,7 @@ from notify.events import (
     NotificationEvent,
     completion_event,
 )
-from notify.formatting import format_duration, format_loss, format_steps
+from notify.formatting import format_duration, format_loss, format_score, format_steps
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ def milestone_event(milestone: int, progress: ProgressUpdate) -> NotificationEve
         format_steps(progress.current_step, progress.total_steps),
         *_progress_lines(progress),
     ]
+    if progress.quality_score is not None:
+        lines.append(f"Provisional quality score: {format_score(progress.quality_score)}/100 (from the history so far)")
     return NotificationEvent(
         title=MILESTONE_TITLES[milestone],
         message="\n".join(line for line in lines if line),

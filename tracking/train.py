@@ -180,6 +180,9 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     run_id = active.info.run_id
     url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
     sent_before = _milestones_sent(client, run_id)
+    if "://" in client.get_run(run_id).data.params.get("notify", ""):
+        log.warning("MLflow logged the notify URLs of `-P notify=...` as a run param; URLs with tokens or passwords "
+                    "belong in the PEFT_STUDIO_NOTIFY variable or an apprise config file (-P notify=notify.yaml)")
     params = config.to_params()
 
     def make_monitor(total: int, start_step: int) -> TrainingMonitor:
