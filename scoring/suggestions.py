@@ -55,7 +55,8 @@ def _round_sig(x: float, digits: int = 2) -> float:
 
 def _stability(r: TrainingResult, f: Findings | None, t: Thresholds, hp: Hyperparameters):
     if r.gradient_norm_stable is not False:
-        if f and f.stability.spike_count and f.stability.grad_norm_p90:
+        if (f and f.stability.spike_count and f.stability.grad_norm_p90
+                and _clipping_would_bite(hp.number("max_grad_norm"), f.stability.grad_norm_p90)):
             s = f.stability
             return [ImprovementSuggestion(
                 Category.STABILITY, Priority.LOW,

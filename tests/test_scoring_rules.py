@@ -220,13 +220,22 @@ def test_three_gradient_norm_spikes_make_training_unstable():
 
 def test_one_spike_is_stable_with_a_low_priority_note():
     analysis = analyze_history(frame(loss=decaying(N, rate=12.0), grad_norm=spiky_grad([61])),
-                               params={"max_grad_norm": "1.0"})
+                               params={"max_grad_norm": "5.0"})
     assert analysis.events["grad_norm_spike_steps"] == [61]
     assert analysis.factors["stability"].points == 20
     assert "below the limit" in analysis.factors["stability"].explanation
     note = only(suggestions_of(analysis, Category.STABILITY))
     assert note.priority is Priority.LOW
     assert "1 isolated spike(s) (below the limit of 3)" in note.message
+    assert note.suggested_value < 5.0  # tighter than the clipping the run had
+
+
+def test_no_clipping_advice_that_would_loosen_the_clipping_a_run_already_has():
+    # The run already clipped at 1.0, below the 90th percentile of its gradient norms: clipping "at the
+    # 90th percentile" would loosen it, so no such note.
+    analysis = analyze_history(frame(loss=decaying(N, rate=12.0), grad_norm=spiky_grad([61])),
+                               params={"max_grad_norm": "1.0"})
+    assert not suggestions_of(analysis, Category.STABILITY)
 
 
 def test_a_loss_spike_counts_like_a_gradient_norm_spike():
