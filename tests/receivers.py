@@ -162,6 +162,10 @@ class SMTPReceiver:
             return list(self.messages)
 
     def close(self) -> None:
+        """Stop the server (idempotent: a test may take it away mid-run, then the fixture closes it again)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.controller.stop()
 
     def __enter__(self) -> SMTPReceiver:

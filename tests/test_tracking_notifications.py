@@ -90,20 +90,36 @@ def test_milestones_completion_and_email_with_the_plot(tracking_uri, tmp_path):
 def test_broken_channels_never_break_training(tracking_uri, tmp_path):
     """A webhook that hangs, one that answers 500 and a refused port: training finishes and is analyzed."""
     mlflow.set_experiment("faults")
-    with HTTPReceiver() as slow, HTTPReceiver() as failing:
+    from notify.channels import load_channels
+    from notify.delivery import Notifier
+    from tracking.train import run_training
+
+    with HTTPReceiver() as slow, HTTPReceiver() as failing, SMTPReceiver() as smtp:
         slow.delay = 10.0
         failing.status = 500
         refused = f"json://127.0.0.1:{free_port()}/hook"
-        config = _config(tmp_path, f"{slow.url()} {failing.url()} {refused}")
+        mail = smtp.url("trainer", SECRET, "me@example.com", "bot@example.com")
+        config = _config(tmp_path, f"{slow.url()} {failing.url()} {refused} {mail}")
+        notifier = Notifier(load_channels(config.notify), send_timeout=1.0, retries=1, backoff=0.1, flush_timeout=5.0)
+        # the mail server goes away in the middle of the run, just before the halfway message is sent
+        notifier.add_callback(lambda event: smtp.close() if event.milestone == 50 else None)
         started = time.monotonic()
-        result = _train(config, send_timeout=1.0, retries=1, backoff=0.1, flush_timeout=5.0)
+        result = run_training(config, notifier=notifier, channel_count=4)
         elapsed = time.monotonic() - started
+        early_mails = len(smtp.messages)
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert "quality_score" in run.data.metrics
-    deliveries = [d for e in _events(client, result.run_id, tmp_path) for d in e["deliveries"]]
-    assert deliveries and not any(d["ok"] for d in deliveries)
+    events = _events(client, result.run_id, tmp_path)
+    by_channel = {}
+    for event in events:
+        for d in event["deliveries"]:
+            by_channel.setdefault(d["channel"].split(":")[0], []).append(d["ok"])
+    assert not any(by_channel["json"])  # hanging, failing and refused webhooks: every send failed
+    mail_outcomes = by_channel["mailto"]
+    assert mail_outcomes[:2] == [True, True] and not any(mail_outcomes[2:])  # start and 25% went, then none
+    assert early_mails == 2
     assert elapsed < 300  # bounded: the hanging channel costs at most the flush timeout at the end
 
 
@@ -164,3 +180,23 @@ def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_
     assert "the MLflow run is marked KILLED" in stderr and "Traceback" not in stderr
     assert posts[-1]["title"] == "Training Stopped"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_a_resumed_run_does_not_resend_milestones_and_a_stall_is_warned_once(tracking_uri, tmp_path, monkeypatch):
+    mlflow.set_experiment("resume")
+    with HTTPReceiver() as webhook:
+        # steps take far longer than 0.3 s here, so the watchdog sees a stall; it must warn once, not per step
+        first = _train(_config(tmp_path, webhook.url(), stall_minutes=0.005))
+        titles = [p["json"]["title"] for p in webhook.wait_for(6, timeout=15)]
+        assert titles.count("Training Warning: stall") == 1
+        assert {"Training 25% Complete", "Training Complete! 🎉"} <= set(titles)
+        mlflow.end_run()
+
+        monkeypatch.setenv("MLFLOW_RUN_ID", first.run_id)  # the same MLflow run, trained again
+        webhook.received.clear()
+        second = _train(_config(tmp_path, webhook.url()))
+        again = [p["json"]["title"] for p in webhook.wait_for(1, timeout=15)]
+    assert second.run_id == first.run_id
+    assert again == ["Training Started"]  # no milestone, no completion a second time
+    client = MlflowClient()
+    assert client.get_run(first.run_id).data.tags["peft_studio.milestones_sent"] == "25,50,75,100"

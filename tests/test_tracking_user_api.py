@@ -89,3 +89,21 @@ def test_notify_test_command_refuses_a_bad_url_in_one_line():
         "peft-studio: error: notify: 'slak://...' is not a valid apprise URL: unknown service 'slak'; "
         "see 'peft-studio notify test --help'"]
     assert "secretvalue" not in done.stderr + done.stdout
+
+
+def test_a_jump_over_several_milestones_sends_each_once_in_order():
+    from notify.channels import load_channels
+    from notify.delivery import Notifier
+    from tracking.monitor import TrainingMonitor
+
+    with HTTPReceiver() as webhook:
+        monitor = TrainingMonitor(Notifier(load_channels(webhook.url())), total_steps=100, provisional_scores=False)
+        monitor.step(10)
+        monitor.step(80)   # crosses 25, 50 and 75 at once
+        monitor.step(90)
+        monitor.complete()
+        monitor.close()
+        posts = [p["json"] for p in webhook.wait_for(4, timeout=10)]
+    assert [p["title"] for p in posts] == ["Training 25% Complete", "Training Halfway There!",
+                                           "Training 75% Complete", "Training Complete! 🎉"]
+    assert all("Step 80/100" in p["message"] for p in posts[:3])

@@ -55,6 +55,9 @@ class TrainConfig:
     notify: str = _help(
         "Where to send progress messages: apprise URLs separated by spaces or commas, or the path of an "
         "apprise config file (YAML/text). Empty means no channels.", "")
+    stall_minutes: float = _help(
+        "Warn when no training step has finished for this many minutes (a watchdog beside the loop; 0 "
+        "disables it).", 15.0)
     output_dir: str = _help("Where checkpoints and the final adapter are written.", "outputs")
 
     def __post_init__(self) -> None:
@@ -64,7 +67,8 @@ class TrainConfig:
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty")
         _positive(self, "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "logging_steps")
-        _non_negative(self, "epochs", "max_steps", "weight_decay", "max_grad_norm", "eval_steps", "seed")
+        _non_negative(self, "epochs", "max_steps", "weight_decay", "max_grad_norm", "eval_steps", "seed",
+                      "stall_minutes")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("set epochs > 0 or max_steps > 0: with both at 0 there is nothing to train")
         for name in ("lora_dropout", "warmup_ratio", "eval_fraction"):

@@ -186,7 +186,8 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     params = config.to_params()
 
     def make_monitor(total: int, start_step: int) -> TrainingMonitor:
-        return TrainingMonitor(notifier, total, already_sent=sent_before, start_step=start_step, params=params)
+        return TrainingMonitor(notifier, total, already_sent=sent_before, start_step=start_step, params=params,
+                               stall_minutes=config.stall_minutes)
 
     notifications = NotificationCallback(make_monitor, config.model, config.data, url)
     trainer = None
