@@ -42,7 +42,10 @@ def load_lora_model(config: TrainConfig, label_names: list[str] | None) -> Loade
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from transformers import set_seed
+
     source = resolve_model_source(config.model)
+    set_seed(config.seed)  # the new head and the LoRA matrices are initialised here, before the Trainer seeds
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected for a new head
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
