@@ -87,3 +87,17 @@ def test_causal_lm_task_on_a_local_model(tracking_uri, tmp_path, tiny_causal_lm)
     run = client.get_run(result.run_id)
     _assert_analyzed(client, run, tmp_path)
     assert run.data.params["task"] == "causal-lm"
+
+
+def test_the_same_seed_gives_the_same_run(tracking_uri, tmp_path):
+    from tracking.config import TrainConfig
+    from tracking.train import run_training
+
+    mlflow.set_experiment("seeded")
+    config = TrainConfig(max_steps=3, logging_steps=1, eval_fraction=0, batch_size=8, output_dir=str(tmp_path / "o"))
+    client = MlflowClient(tracking_uri)
+    losses = []
+    for _ in range(2):
+        run_id = run_training(config).run_id
+        losses.append([m.value for m in client.get_metric_history(run_id, "loss")])
+    assert losses[0] == losses[1] and len(losses[0]) == 3
