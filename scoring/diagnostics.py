@@ -156,12 +156,15 @@ def convergence(loss: pd.Series, thresholds: Thresholds) -> ConvergenceFinding:
     # practically flat curve counts as converged there.
     testable = m >= thresholds.min_points_for_trend_test
     converged = practically_flat or (testable and not trend.significant)
+    flat_from = plateau_start(finite, thresholds) if converged else None
+    if flat_from is not None and flat_from >= int(window.index[0]):
+        flat_from = None  # flat only inside the final window: no earlier plateau worth pointing at
     return ConvergenceFinding(
         measured=True,
         converged=converged,
         change=float(change),
         window_start_step=int(window.index[0]),
-        plateau_start_step=plateau_start(finite, thresholds) if converged else None,
+        plateau_start_step=flat_from,
         trend=trend if testable else None,
     )
 

@@ -164,7 +164,7 @@ def _convergence(r: TrainingResult, f: Findings | None) -> FactorScore:
     if c.converged:
         why = "no significant trend" if trend and not trend.significant else "too small a change to matter"
         text = f"loss {moved} {_pct(abs(c.change))} {where}: {why}, so the run had converged"
-        if c.plateau_start_step is not None and c.plateau_start_step < c.window_start_step:
+        if c.plateau_start_step is not None:
             text += f"; the curve was flat from about step {c.plateau_start_step}"
     else:
         text = f"loss still {moved} {_pct(abs(c.change))} {where}, so the run had not converged"
