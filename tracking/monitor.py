@@ -14,8 +14,11 @@ callback uses, and it works the same from a plain PyTorch loop:
     monitor.complete()          # or monitor.fail(exc, step) in an except block
     monitor.close()
 
-The training loop pays for a list append and a few comparisons per call; the provisional score of a
-milestone is computed on a background thread, and sending is the notifier's background thread.
+The training loop pays for a list append and a few comparisons per call (about 0.15 ms per step, see
+``bench/RESULTS.md``); the provisional score of a milestone is computed on a background thread, and
+sending is the notifier's background thread. Both still hold Python's GIL while they work (12-70 ms of
+pandas for a score, a few ms per send), which shows as one slower step right after each milestone when
+steps are a few milliseconds; pass ``provisional_scores=False`` where that matters.
 """
 
 from __future__ import annotations
