@@ -8,7 +8,7 @@ record of what it found, with the numbers the report quotes. The rules and their
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,6 @@ class Findings:
     generalization: GeneralizationFinding
     total_steps: int
     points: int
-    extra: dict = field(default_factory=dict)
 
 
 def _finite(series: pd.Series) -> pd.Series:

@@ -17,10 +17,7 @@ import pandas as pd
 from .curves import Curves, curves_from_history
 from .diagnostics import Findings, diagnose
 from .models import (
-    Category,
     FactorScore,
-    ImprovementSuggestion,
-    Priority,
     QualityAnalysis,
     TrainingResult,
 )

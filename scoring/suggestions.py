@@ -30,7 +30,7 @@ def suggest(
     out: list[ImprovementSuggestion] = []
     out += _stability(result, findings, thresholds, hp)
     if stable:  # an unstable run is fixed first: its poor loss reduction follows from the instability
-        out += _underfitting(result, factors, thresholds, hp, stable)
+        out += _underfitting(result, factors, thresholds, hp)
     out += _convergence(result, findings, hp)
     out += _overfitting(factors, findings, thresholds, hp)
     out += _efficiency(result, factors, findings, thresholds, hp, stable)
@@ -116,14 +116,14 @@ def _clipping_would_bite(current: float | None, p90: float) -> bool:
     return current is None or current <= 0 or current > 1.05 * p90
 
 
-def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters, stable: bool):
+def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters):
     reduction = factors["loss_reduction"].value
     if reduction is None or factors["loss_reduction"].points >= 20:
         return []
     rank = hp.number("lora_r")
     capacity = ({"parameter": hp.name_of("lora_r"), "current_value": int(rank), "suggested_value": int(rank) * 2}
                 if rank else {})
-    change = capacity or (_lr_change(hp, 2.0) if stable else {})
+    change = capacity or _lr_change(hp, 2.0)
     classes = hp.number("num_labels")
     chance = ""
     if classes and classes >= 2:

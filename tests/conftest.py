@@ -46,6 +46,23 @@ def tiny_causal_lm(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def stock_classifier():
+    """A plain (no LoRA) 2-class classifier on the built-in encoder and 64 tokenized toy examples: what a
+    user's own Trainer script would train."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tracking.model import builtin_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_path())
+    model = AutoModelForSequenceClassification.from_pretrained(builtin_model_path(), num_labels=2)
+    texts = [f"{'great' if i % 2 else 'awful'} product number {i}" for i in range(64)]
+    encodings = tokenizer(texts, truncation=True, padding=True, max_length=16)
+    dataset = [{"input_ids": encodings["input_ids"][i], "attention_mask": encodings["attention_mask"][i],
+                "labels": i % 2} for i in range(64)]
+    return model, dataset
+
+
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from the tests
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -116,20 +116,12 @@ def test_analyze_command_and_entry_point_on_an_existing_run(tracking_uri, tmp_pa
 
 
 @pytest.mark.slow
-def test_stock_trainer_with_mlflow_callback_is_analyzed(tracking_uri, tmp_path):
+def test_stock_trainer_with_mlflow_callback_is_analyzed(tracking_uri, tmp_path, stock_classifier):
     """A run logged by transformers' own MLflowCallback (report_to='mlflow'), analyzed afterwards."""
     import numpy as np
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from tracking.model import builtin_model_path
-
-    path = builtin_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    texts = [f"{'great' if i % 2 else 'awful'} product number {i}" for i in range(64)]
-    encodings = tokenizer(texts, truncation=True, padding=True, max_length=16)
-    dataset = [{"input_ids": encodings["input_ids"][i], "attention_mask": encodings["attention_mask"][i],
-                "labels": i % 2} for i in range(64)]
+    model, dataset = stock_classifier
     mlflow.set_experiment("stock-trainer")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=12, logging_steps=1,
                              eval_strategy="steps", eval_steps=4, per_device_train_batch_size=8,

@@ -17,7 +17,6 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from receivers import HTTPReceiver, SMTPReceiver, free_port
 from tracking.config import TrainConfig
 

@@ -43,18 +43,12 @@ def test_plain_loop_monitor_sends_milestones_warnings_and_calls_python_callbacks
 
 
 @pytest.mark.slow
-def test_callback_for_a_stock_trainer_analyzes_its_mlflow_run(tracking_uri, tmp_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+def test_callback_for_a_stock_trainer_analyzes_its_mlflow_run(tracking_uri, tmp_path, stock_classifier):
+    from transformers import Trainer, TrainingArguments
 
     from tracking.callbacks import PeftStudioCallback
-    from tracking.model import builtin_model_path
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin_model_path())
-    model = AutoModelForSequenceClassification.from_pretrained(builtin_model_path(), num_labels=2)
-    texts = [f"{'great' if i % 2 else 'awful'} product number {i}" for i in range(48)]
-    enc = tokenizer(texts, truncation=True, padding=True, max_length=16)
-    dataset = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": i % 2}
-               for i in range(48)]
+    model, dataset = stock_classifier
     mlflow.set_experiment("own-trainer")
     with HTTPReceiver() as webhook:
         callback = PeftStudioCallback(notify=webhook.url())

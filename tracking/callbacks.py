@@ -74,12 +74,12 @@ class PeftStudioCallback(NotificationCallback):
     """For your own ``Trainer``: milestones, warnings and, when training ends, the quality analysis of
     the MLflow run (``report_to="mlflow"``) and the completion message with its score.
 
-        trainer = Trainer(..., args=TrainingArguments(..., report_to="mlflow"),
-                          callbacks=[PeftStudioCallback(notify="json://127.0.0.1:8000/hook")])
+        callback = PeftStudioCallback(notify="json://127.0.0.1:8000/hook")
+        trainer = Trainer(..., args=TrainingArguments(..., report_to="mlflow"), callbacks=[callback])
         try:
             trainer.train()
         except BaseException as exc:
-            trainer.callback_handler.callbacks[-1].fail(exc)   # or keep a reference to the callback
+            callback.fail(exc)   # the Trainer has no crash hook: report it, then let it propagate
             raise
 
     ``notify`` takes what ``--notify`` takes (URLs or an apprise config file; empty: PEFT_STUDIO_NOTIFY).

@@ -179,8 +179,9 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     active = mlflow.active_run() or mlflow.start_run()  # resumes MLFLOW_RUN_ID when `mlflow run` made the run
     run_id = active.info.run_id
     url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
-    sent_before = _milestones_sent(client, run_id)
-    if "://" in client.get_run(run_id).data.params.get("notify", ""):
+    existing = client.get_run(run_id).data
+    sent_before = _milestones_sent(existing.tags)
+    if "://" in existing.params.get("notify", ""):
         log.warning("MLflow logged the notify URLs of `-P notify=...` as a run param; URLs with tokens or passwords "
                     "belong in the PEFT_STUDIO_NOTIFY variable or an apprise config file (-P notify=notify.yaml)")
     params = config.to_params()
@@ -228,9 +229,9 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
 MILESTONES_TAG = "peft_studio.milestones_sent"
 
 
-def _milestones_sent(client: MlflowClient, run_id: str) -> tuple[int, ...]:
+def _milestones_sent(tags: dict[str, str]) -> tuple[int, ...]:
     """Milestones an earlier attempt of this run already sent, so a resumed run does not repeat them."""
-    recorded = client.get_run(run_id).data.tags.get(MILESTONES_TAG, "")
+    recorded = tags.get(MILESTONES_TAG, "")
     return tuple(int(m) for m in recorded.split(",") if m.strip().isdigit())
 
 
