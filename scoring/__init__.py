@@ -3,6 +3,18 @@
 Imports numpy, pandas and matplotlib only (no MLflow, torch or apprise), so it can score any history.
 """
 
+from .compare import (
+    IGNORED_PARAMS,
+    ABResult,
+    ParamEffect,
+    ab_compare,
+    comparison_markdown,
+    differing_params,
+    eval_noise,
+    next_configuration,
+    param_effects,
+    run_params,
+)
 from .curves import METRIC_CANDIDATES, Curves, curves_from_history, detect_metric_names
 from .models import (
     SCHEMA_VERSION,
@@ -21,4 +33,6 @@ __all__ = [
     "METRIC_CANDIDATES", "Curves", "curves_from_history", "detect_metric_names", "SCHEMA_VERSION", "Category",
     "FactorScore", "ImprovementSuggestion", "Priority", "QualityAnalysis", "TrainingResult",
     "REQUIRED_SUMMARY_FIELDS", "analyze_history", "analyze_training_quality", "FACTOR_NAMES", "TABLES", "Thresholds",
+    "IGNORED_PARAMS", "ABResult", "ParamEffect", "ab_compare", "comparison_markdown", "differing_params",
+    "eval_noise", "next_configuration", "param_effects", "run_params",
 ]

@@ -20,8 +20,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from notify.channels import ChannelError
 
     from .analyze import AnalysisError
+    from .compare import CompareError
 
-    return (ConfigError, AnalysisError, ChannelError)
+    return (ConfigError, AnalysisError, ChannelError, CompareError)
 
 
 def friendly_errors(func):
@@ -137,6 +138,52 @@ def _print_summary(run_id: str, analysis, written: bool = True) -> None:
             click.echo(f"  - ({s.priority.value}, {s.category.value}) {s.message}{change}")
     if written:
         click.echo("Written to the run: metric quality_score, tags quality.*, artifacts quality/.")
+
+
+@main.command()
+@click.option("--experiment", help="Compare the runs of this experiment (by name).")
+@click.option("--run-ids", default="", help="Compare these runs (comma-separated); two runs give an A/B verdict.")
+@click.option("--filter", "filter_string", default="",
+              help="MLflow search filter on the experiment's runs, e.g. \"params.lora_r = '8'\".")
+@click.option("--no-log", is_flag=True, help="Print only; do not log a comparison run.")
+@friendly_errors
+def compare(experiment: str | None, run_ids: str, filter_string: str, no_log: bool) -> None:
+    """Compare runs: scores and factors side by side, which hyperparameters go with higher scores, and one
+    concrete configuration to try next.
+
+    Runs without an analysis are analyzed first (and the results written back to them). The comparison is
+    logged to a run of its own in the same experiment, tagged peft_studio.comparison=true, with
+    comparison/summary.md, runs.csv, score_trend.png and best_worst_loss.png.
+    """
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from .compare import compare_runs, log_comparison
+
+    client = MlflowClient()
+    own_run = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e compare` made a run: the comparison goes there
+    ids = [r.strip() for r in run_ids.split(",") if r.strip()]
+    result = compare_runs(client, experiment or None, ids, filter_string, exclude_run_id=own_run)
+    click.echo(result.table())
+    if result.effects:
+        click.echo("\nWhat goes with higher scores:")
+        for effect in result.effects:
+            click.echo(f"  - {effect.statement()}")
+    else:
+        click.echo("\nNot enough runs per value to say which hyperparameters go with higher scores "
+                   "(each claim needs at least 2 runs per value).")
+    if result.changes:
+        click.echo("Try next: " + "; ".join(result.changes))
+    if result.ab is not None:
+        click.echo("\n" + result.ab.summary())
+    for run_id, reason in result.unanalyzable.items():
+        click.echo(f"not analyzed: {run_id}: {reason}")
+    if not no_log:
+        experiment_id = client.get_run(result.runs["run_id"].iloc[0]).info.experiment_id
+        same_experiment = own_run and client.get_run(own_run).info.experiment_id == experiment_id
+        logged = log_comparison(client, result, experiment_id, run_id=own_run if same_experiment else None)
+        click.echo(f"\nLogged to comparison run {logged} (comparison/summary.md, runs.csv, plots).")
 
 
 @main.group()

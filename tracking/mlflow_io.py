@@ -7,6 +7,7 @@ the client's APIs only, so the same code works on a local sqlite store and a rem
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -20,6 +21,7 @@ TAG_SCORE = "quality.score"
 TAG_ASSESSMENT = "quality.assessment"
 TAG_TOP_SUGGESTION = "quality.top_suggestion"
 TAG_SCHEMA = "quality.schema_version"
+TAG_POINTS_PREFIX = "quality.points."
 NOTE_TAG = "mlflow.note.content"
 ARTIFACT_DIR = "quality"
 OWN_METRICS = frozenset({SCORE_METRIC})
@@ -48,14 +50,25 @@ def top_suggestion_text(analysis: QualityAnalysis) -> str:
 
 def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis) -> None:
     """Log the analysis to the run. Writing again replaces the tags, artifacts and latest score."""
-    client.log_metric(run_id, SCORE_METRIC, analysis.quality_score, step=0)
+    from mlflow.entities import Metric, RunTag
+
     data = analysis.to_dict()
-    client.set_tag(run_id, TAG_SCORE, f"{analysis.quality_score:g}")
-    client.set_tag(run_id, TAG_ASSESSMENT, analysis.overall_assessment)
-    client.set_tag(run_id, TAG_TOP_SUGGESTION, top_suggestion_text(analysis))
-    client.set_tag(run_id, TAG_SCHEMA, data["schema_version"])
     report = analysis.to_markdown()
-    client.set_tag(run_id, NOTE_TAG, report)
+    tags = {
+        TAG_SCORE: f"{analysis.quality_score:g}",
+        TAG_ASSESSMENT: analysis.overall_assessment,
+        TAG_TOP_SUGGESTION: top_suggestion_text(analysis),
+        TAG_SCHEMA: data["schema_version"],
+        NOTE_TAG: report,
+        # factor points as tags, so a comparison of many runs reads them in one search, without downloads
+        **{f"{TAG_POINTS_PREFIX}{name}": f"{f.points:g}" if f.measured else "n/a"
+           for name, f in analysis.factors.items()},
+    }
+    client.log_batch(
+        run_id,
+        metrics=[Metric(SCORE_METRIC, analysis.quality_score, int(time.time() * 1000), 0)],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
     client.log_text(run_id, json.dumps(data, indent=2, allow_nan=False), f"{ARTIFACT_DIR}/analysis.json")
     client.log_text(run_id, report, f"{ARTIFACT_DIR}/report.md")
     if analysis.curves is not None:
