@@ -51,6 +51,8 @@ def main(debug: bool) -> None:
     \b
     peft-studio train                 fine-tune (built-in model and data by default), then analyze
     peft-studio analyze RUN_ID        score any MLflow run from its logged metric history
+    peft-studio compare --experiment  compare runs: what goes with higher scores, what to try next
+    peft-studio notify test URLS      send a test message to each notification channel
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
