@@ -86,3 +86,16 @@ def test_wrong_columns_are_named(tmp_path):
     with pytest.raises(ConfigError, match="no 'label' column"):
         load_text_data(TrainConfig(data=str(path)))
     assert len(load_text_data(TrainConfig(data=str(path), task="causal-lm", eval_fraction=0.25)).eval_texts) == 1
+
+
+@pytest.mark.parametrize("command", [["train"], ["analyze", "abc"], ["compare", "--experiment", "x"]])
+def test_an_unreachable_tracking_server_is_one_line_before_any_work(command, tmp_path, monkeypatch):
+    from receivers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:pw@127.0.0.1:{free_port()}")
+    done = subprocess.run([sys.executable, "-m", "tracking.cli", *command], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("peft-studio: error: cannot reach the MLflow tracking server at http://***@127.0.0.1:")
+    assert "pw" not in line

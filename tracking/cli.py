@@ -33,6 +33,12 @@ def friendly_errors(func):
         ctx = click.get_current_context()
         debug = (ctx.find_root().params or {}).get("debug", False)
         try:
+            if ctx.command.name in ("train", "analyze", "compare"):
+                import mlflow
+
+                from .mlflow_io import check_tracking_server
+
+                check_tracking_server(mlflow.get_tracking_uri())
             return func(*args, **kwargs)
         except _user_errors() as exc:
             if debug:

@@ -7,6 +7,7 @@ the client's APIs only, so the same code works on a local sqlite store and a rem
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -91,3 +92,21 @@ def run_page_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | No
     if not tracking_uri.startswith(("http://", "https://")):
         return None
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, before any work, when the tracking server cannot be reached: MLflow's own client
+    retries for minutes first, which would surface only after training."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from .config import ConfigError
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        shown = re.sub(r"//[^/@]+@", "//***@", tracking_uri)  # never echo credentials in the URI
+        raise ConfigError(f"cannot reach the MLflow tracking server at {shown} ({reason}); start it "
+                          "(`mlflow server`) or fix MLFLOW_TRACKING_URI") from None
