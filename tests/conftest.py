@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -68,26 +69,29 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend, artifacts served through the server), with
-    MLFLOW_TRACKING_URI pointing at it for this process and its subprocesses."""
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
+    """`mlflow server` on 127.0.0.1 with artifacts served through it; MLFLOW_TRACKING_URI points at it for
+    this process and its subprocesses."""
     import subprocess
     import time
 
     import mlflow
     import requests
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = tmp_path / "server"
-    store.mkdir()
+    port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+         "--backend-store-uri", backend_uri, "--serve-artifacts", "--artifacts-destination", str(artifacts),
+         "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -104,11 +108,59 @@ def mlflow_server(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    """A real `mlflow server` with a sqlite backend store."""
+    store = tmp_path / "server"
+    store.mkdir()
+    with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as uri:
+        yield uri
+
+
+@pytest.fixture
+def postgres_mlflow_server(tmp_path, monkeypatch):
+    """A real `mlflow server` whose backend store is a PostgreSQL server started here (Debian's
+    postgresql, run as the postgres user, listening on 127.0.0.1 only)."""
+    import shutil
+    import subprocess
+
+    initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bin_dir = Path(initdb).parent
+    import tempfile
+
+    # pytest's tmp_path lies under a root-only folder the postgres user cannot enter: use /tmp directly
+    data = Path(tempfile.mkdtemp(prefix="peft-studio-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+
+    def as_postgres(*args):
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
+
+    as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow")
+    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-o",
+                f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    try:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "postgres", "-c",
+                        "CREATE DATABASE mlflow"], check=True, capture_output=True, timeout=60)
+        artifacts = tmp_path / "artifacts"
+        with _running_mlflow_server(f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow", artifacts, monkeypatch) as uri:
+            yield uri
+    finally:
+        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+

@@ -61,3 +61,16 @@ def test_a_history_longer_than_one_page_is_read_whole(mlflow_server):
     assert analysis.metrics_summary["total_steps"] == steps
     stored = json.loads(client.get_run(run_id).data.tags["quality.score"])
     assert stored == analysis.quality_score
+
+
+def test_a_postgres_backed_server_stores_the_analysis(postgres_mlflow_server):
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("pg")).info.run_id
+    client.log_batch(run_id, metrics=[Metric("loss", 2.0 / (1 + s / 20), 0, s) for s in range(1, 201)]
+                     + [Metric("eval_loss", 2.1 / (1 + s / 20), 0, s) for s in range(20, 201, 20)])
+    analysis = analyze_run(client, run_id)
+    run = client.get_run(run_id)
+    assert run.data.metrics["quality_score"] == analysis.quality_score
+    assert run.data.tags["quality.points.overfitting"] == f"{analysis.factors['overfitting'].points:g}"
+    assert {a.path for a in client.list_artifacts(run_id, "quality")} == {
+        "quality/analysis.json", "quality/report.md", "quality/loss_curve.png"}
