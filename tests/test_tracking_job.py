@@ -101,3 +101,16 @@ def test_the_same_seed_gives_the_same_run(tracking_uri, tmp_path):
         run_id = run_training(config).run_id
         losses.append([m.value for m in client.get_metric_history(run_id, "loss")])
     assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_a_run_too_short_to_score_still_finishes(tracking_uri, tmp_path):
+    from tracking.config import TrainConfig
+    from tracking.train import run_training
+
+    mlflow.set_experiment("short")
+    config = TrainConfig(max_steps=1, logging_steps=5, eval_fraction=0, batch_size=8, output_dir=str(tmp_path / "o"))
+    result = run_training(config)  # one step: no loss curve to analyze
+    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    assert result.analysis is None
+    assert run.info.status == "FINISHED"
+    assert "quality_score" not in run.data.metrics

@@ -98,8 +98,12 @@ def train(**settings: str) -> None:
     except KeyboardInterrupt as exc:
         click.echo(f"peft-studio: {exc or 'interrupted'}; the MLflow run is marked KILLED", err=True)
         sys.exit(130)
-    if is_main_process() and result.analysis is not None:
-        _print_summary(result.run_id, result.analysis)
+    if is_main_process():
+        if result.analysis is not None:
+            _print_summary(result.run_id, result.analysis)
+        else:
+            click.echo(f"\nRun {result.run_id} finished but could not be scored (see the warning above); "
+                       "log the loss more often (--logging-steps) for an analysis.")
 
 
 @main.command()

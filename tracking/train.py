@@ -23,7 +23,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 
-from .analyze import analyze_run
+from .analyze import AnalysisError, analyze_run
 from .callbacks import MlflowMetricsCallback, NotificationCallback
 from .config import TrainConfig
 from .data import TextData, load_text_data
@@ -211,9 +211,13 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
             trainer.train()
             log.info("training finished in %.1f s", time.monotonic() - started)
             _save_adapter(trainer, client, run_id, config)
-            analysis = analyze_run(client, run_id)
+            try:
+                analysis = analyze_run(client, run_id)
+            except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
+                log.warning("%s", exc)
+                analysis = None
             monitor = notifications.monitor or make_monitor(max(trainer.state.max_steps, 1), 0)
-            monitor.complete(analysis, url, _loss_curve_png(analysis, config.output_dir))
+            monitor.complete(analysis, url, _loss_curve_png(analysis, config.output_dir) if analysis else ())
             _finish(client, run_id, monitor, "FINISHED")
             return JobResult(run_id, analysis, trainer.state.global_step)
         except BaseException as exc:
