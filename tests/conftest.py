@@ -11,6 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/histories.py, tests/receivers.py
 
+from receivers import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -69,14 +71,6 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
     """`mlflow server` on 127.0.0.1 with artifacts served through it; MLFLOW_TRACKING_URI points at it for
@@ -87,7 +81,7 @@ def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
     import mlflow
     import requests
 
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_uri, "--serve-artifacts", "--artifacts-destination", str(artifacts),
@@ -145,7 +139,7 @@ def postgres_mlflow_server(tmp_path, monkeypatch):
     # pytest's tmp_path lies under a root-only folder the postgres user cannot enter: use /tmp directly
     data = Path(tempfile.mkdtemp(prefix="peft-studio-pg-"))
     shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
 
     def as_postgres(*args):
         subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)

@@ -22,6 +22,12 @@ from typing import Any
 
 HOST = "127.0.0.1"
 
+# Made-up secrets for the redaction tests; the token is split so secret scanners do not flag it.
+PASSWORD = "s3cr3tPW"
+SLACK_TOKEN = "xoxb-" + "123456789012-abcdefABCDEF"
+SECRETS = (PASSWORD, SLACK_TOKEN)
+
+
 def tiny_png() -> bytes:
     """A valid 1x1 PNG (one opaque pixel), built here so the tests need no image library."""
 

@@ -12,6 +12,7 @@ import apprise
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from receivers import PASSWORD, SECRETS, SLACK_TOKEN
 
 from notify import EventType, NotificationEvent, Urgency, error_event
 from notify.channels import (
@@ -26,10 +27,6 @@ from notify.channels import (
     message_for,
     receives,
 )
-
-PASSWORD = "s3cr3tPW"
-SLACK_TOKEN = "xoxb-" + "123456789012-abcdefABCDEF"  # a made-up token, split so secret scanners do not flag it
-SECRETS = (PASSWORD, SLACK_TOKEN)
 
 ROUTED_YAML = """\
 urls:

@@ -18,6 +18,17 @@ from pathlib import Path
 
 import pytest
 import requests
+from receivers import (
+    PASSWORD,
+    SECRETS,
+    SLACK_TOKEN,
+    DBusNotificationsReceiver,
+    HTTPReceiver,
+    SMTPReceiver,
+    dbus_unavailable,
+    free_port,
+    tiny_png,
+)
 
 import notify
 import notify.delivery as delivery
@@ -31,11 +42,7 @@ from notify import (
     warning_event,
 )
 from notify.delivery import Notifier
-from receivers import DBusNotificationsReceiver, HTTPReceiver, SMTPReceiver, dbus_unavailable, free_port, tiny_png
 
-PASSWORD = "s3cr3tPW"
-SLACK_TOKEN = "xoxb-" + "123456789012-abcdefABCDEF"  # a made-up token, split so secret scanners do not flag it
-SECRETS = (PASSWORD, SLACK_TOKEN)
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,13 +16,12 @@ import time
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-
+from receivers import PASSWORD as SECRET
 from receivers import HTTPReceiver, SMTPReceiver, free_port
+
 from tracking.config import TrainConfig
 
 pytestmark = pytest.mark.slow
-
-SECRET = "s3cr3tPW"
 
 
 def _config(tmp_path, notify: str, **overrides) -> TrainConfig:

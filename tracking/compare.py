@@ -166,8 +166,10 @@ def _suggestions(client: MlflowClient, run_id: str) -> list[ImprovementSuggestio
             for s in data.get("suggestions", [])]
 
 
-def _history(client: MlflowClient, run_id: str, candidates: tuple[str, ...]) -> pd.Series:
-    metrics = client.get_run(run_id).data.metrics
+def _history(client: MlflowClient, run_id: str, candidates: tuple[str, ...], metrics=None) -> pd.Series:
+    """The step-indexed history of the first of ``candidates`` the run logged (``metrics``: the run's
+    latest metrics, when the caller already has them)."""
+    metrics = metrics if metrics is not None else client.get_run(run_id).data.metrics
     key = next((k for k in candidates if k in metrics), None)
     if key is None:
         return pd.Series(dtype=float)
@@ -198,9 +200,10 @@ def best_worst_figure(client: MlflowClient, best_id: str, worst_id: str, runs: p
     ax = fig.subplots()
     scores = runs.set_index("run_id")["quality_score"]
     for run_id, color, label in ((best_id, "tab:green", "best"), (worst_id, "tab:red", "worst")):
-        loss = _history(client, run_id, METRIC_CANDIDATES["train_loss"])
+        metrics = client.get_run(run_id).data.metrics
+        loss = _history(client, run_id, METRIC_CANDIDATES["train_loss"], metrics)
         ax.plot(loss.index, loss.values, color=color, label=f"{label}: {run_id[:8]} ({scores[run_id]:g}/100)")
-        evals = _history(client, run_id, METRIC_CANDIDATES["eval_loss"])
+        evals = _history(client, run_id, METRIC_CANDIDATES["eval_loss"], metrics)
         if len(evals):
             ax.plot(evals.index, evals.values, "o--", color=color, markersize=3, label=f"{label} eval")
     ax.set_xlabel("step")
