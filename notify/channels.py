@@ -108,6 +108,7 @@ class Channels:
         self.skipped = tuple(skipped)
         self._services = list(self.apprise.find())
         self._secrets = {id(service): _secret_parts(service) for service in self._services}
+        _remember_secrets(*self._secrets.values())
 
     @property
     def services(self) -> list[Any]:
@@ -254,6 +255,48 @@ def redact_url(url: str) -> str:
     return f"{match.group(1).lower()}://..." if match else "..."
 
 
+class RedactSecrets(logging.Filter):
+    """A logging filter that masks the secrets of every channel loaded in this process.
+
+    Install it on the handlers that print or store logs (the CLI does): apprise logs each request's full URL
+    at DEBUG level and urllib3 logs its path, which is where Mattermost, Discord or Slack webhooks keep
+    their tokens; error messages of requests quote the same URLs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = known_secrets()
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # logging would print msg and args raw with its error report: drop the record
+            return False
+        masked = redact_text(message, secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info, secrets)
+        return True
+
+
+_KNOWN_SECRETS: frozenset[str] = frozenset()
+_KNOWN_SECRETS_LOCK = threading.Lock()
+
+
+def known_secrets() -> frozenset[str]:
+    """The passwords and tokens of every channel loaded in this process (what ``RedactSecrets`` masks)."""
+    return _KNOWN_SECRETS
+
+
+def _remember_secrets(*secret_sets: frozenset[str]) -> None:
+    global _KNOWN_SECRETS
+    with _KNOWN_SECRETS_LOCK:
+        _KNOWN_SECRETS = _KNOWN_SECRETS.union(*secret_sets)
+
+
 def redact_text(text: str, secrets: frozenset[str] = frozenset()) -> str:
     """``text`` with the given secrets masked as ``****`` (longest first, also URL-quoted forms)."""
     for secret in sorted(secrets, key=len, reverse=True):
@@ -281,6 +324,7 @@ def _load_url(url: str, asset: AppriseAsset, where: str, skipped: list[str]) -> 
         reason = redact_text(_redact_urls(log.reason()), _url_parts(url))
         detail = f" ({reason})" if reason else ""
         raise ChannelError(f"notify: {shown!r}{where} is not a valid apprise URL{detail}; {HELP_HINT}")
+    log.pass_on()
     return service
 
 
@@ -319,6 +363,7 @@ def _load_config(path: str, asset: AppriseAsset, skipped: list[str]) -> list[Any
             f"notify: config file {path!r} defines no service; list apprise URLs in it (TEXT or YAML "
             f"format), {HELP_HINT}"
         )
+    log.pass_on()
     return loaded
 
 
@@ -326,20 +371,34 @@ class _ApprisePasses(logging.Handler):
     """Collects what apprise logs on this thread while a URL or config file is loaded."""
 
     def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__()
         self._thread = threading.get_ident()
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread:
+        if record.thread != self._thread:  # another thread's apprise (a delivery): logged as usual
+            if self._propagate and logging.getLogger("apprise").parent:
+                logging.getLogger("apprise").parent.handle(record)
+        elif record.levelno >= logging.WARNING:  # this load's: kept, to be reported redacted
             self.records.append(record)
 
     def __enter__(self) -> _ApprisePasses:
-        logging.getLogger("apprise").addHandler(self)
+        # apprise's own lines would reach the user's log raw (URLs and all): what matters comes back redacted
+        apprise_logger = logging.getLogger("apprise")
+        self._propagate, apprise_logger.propagate = apprise_logger.propagate, False
+        apprise_logger.addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("apprise").removeHandler(self)
+        apprise_logger = logging.getLogger("apprise")
+        apprise_logger.removeHandler(self)
+        apprise_logger.propagate = self._propagate
+
+    def pass_on(self) -> None:
+        """After a load that worked: apprise's warnings go to our log, their URLs redacted."""
+        for message in self.messages():
+            if _DISABLED not in message:
+                logger.warning("notify: apprise: %s", _redact_urls(message))
 
     def messages(self) -> list[str]:
         return [record.getMessage() for record in self.records]

@@ -282,6 +282,7 @@ def generalization(loss: pd.Series, eval_loss: pd.Series | None, thresholds: Thr
     )
 
 
+@np.errstate(over="ignore", invalid="ignore")  # values near float max overflow to inf/NaN: the rules handle both
 def diagnose(curves, thresholds: Thresholds, max_grad_norm: float | None = None) -> Findings:
     """Run every rule on one set of curves (a ``curves.Curves``)."""
     loss = curves.train_loss

@@ -92,7 +92,7 @@ def analyze_history(
         loss_history=tuple(curves.train_loss),
         eval_loss_history=tuple(curves.eval_loss) if curves.eval_loss is not None else (),
         gradient_norms=tuple(curves.grad_norm) if curves.grad_norm is not None else (),
-        learning_rate=learning_rate if learning_rate and math.isfinite(learning_rate) else hp.number("learning_rate"),
+        learning_rate=learning_rate if learning_rate and math.isfinite(learning_rate) else (lr if (lr := hp.number("learning_rate")) and lr > 0 else None),
         hyperparameters=dict(params or {}),
     )
     return build_analysis(result, findings, curves, thresholds, used)

@@ -48,7 +48,7 @@ def _lr_change(hp: Hyperparameters, factor: float) -> dict:
 def _round_sig(x: float, digits: int = 2) -> float:
     if x == 0:
         return 0.0
-    if not math.isfinite(x):  # a huge value doubled overflows to inf, which has no significant digits
+    if not math.isfinite(x) or abs(x) >= 1e308:  # inf has no significant digits; rounding near float max overflows
         return x
     return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
 

@@ -8,12 +8,16 @@ defaults. Validation happens once, before any model is loaded, with a message th
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 TASKS = ("classification", "causal-lm")
 DEFAULT_MODEL = "builtin:all-MiniLM-L6-v2"
 DEFAULT_DATA = "builtin:support-tickets"
+MAX_SEED = 2**32 - 1  # numpy's (and so the Trainer's) seeding limit
+MAX_LORA_R = 16384  # wider than the layers of any current model; a larger rank would only exhaust memory
 
 
 class ConfigError(ValueError):
@@ -75,8 +79,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        if not self.target_modules.strip():
+        if not self.target_modules.replace(",", " ").strip():  # "" or "," would give LoRA nothing to adapt
             raise ConfigError("target_modules must be 'auto' or comma-separated module names, e.g. query,value")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1, numpy's limit), got {self.seed!r}")
+        if self.lora_r > MAX_LORA_R:
+            raise ConfigError(f"lora_r must be at most {MAX_LORA_R} (typical ranks are 4-64), got {self.lora_r!r}")
+        _check_paths(self)
 
     @property
     def target_module_list(self) -> list[str] | None:
@@ -117,6 +126,29 @@ def _convert(name: str, type_name: Any, raw: Any) -> Any:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}")
         return int(value)
     return value
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    """A model given as a local path must exist; output_dir must be (or become) a writable directory."""
+    model = cfg.model.strip()
+    if model.startswith("builtin:") and model != DEFAULT_MODEL:
+        raise ConfigError(f"unknown built-in model {cfg.model!r}; built-in: {DEFAULT_MODEL}")
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise ConfigError(f"could not load model {cfg.model!r}: no such local directory; pass an existing model "
+                          "directory or a Hugging Face model id (e.g. distilbert-base-uncased)")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir must not be empty; pass a directory for checkpoints and the adapter")
+    target = Path(cfg.output_dir).expanduser().absolute()
+    for path in (target, *target.parents):  # the nearest part that exists decides
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            raise ConfigError(f"output_dir {cfg.output_dir!r} cannot be a directory: {str(path)!r} is a file; "
+                              "pass a directory path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"output_dir {cfg.output_dir!r} is not writable ({str(path)!r}); pass a directory "
+                              "you can write to")
+        return
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:
