@@ -1,4 +1,5 @@
-"""``python -m bench``: runs every benchmark module in bench/ that has a ``main()``, each under a header."""
+"""``python -m bench [NAME ...]``: runs every benchmark module in bench/ that has a ``main()`` (or only the
+named ones, in the order given, e.g. ``python -m bench analysis compare_runs``), each under a header."""
 
 from __future__ import annotations
 
@@ -18,11 +19,20 @@ def benchmarks() -> list[str]:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     repo = str(HERE.parent)
     if repo not in sys.path:
         sys.path.insert(0, repo)
     names = benchmarks()
+    wanted = [name.removeprefix("bench.").removesuffix(".py") for name in
+              (sys.argv[1:] if argv is None else argv)]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; the benchmarks are: {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    if wanted:
+        names = wanted
     failed = 0
     for name in names:
         module = importlib.import_module(f"bench.{name}")
