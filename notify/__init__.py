@@ -16,6 +16,7 @@ from notify.events import (
     completion_event,
     error_event,
     start_event,
+    unsent_metrics_event,
     warning_event,
 )
 from notify.formatting import format_duration, format_loss
@@ -62,6 +63,7 @@ __all__ = [
     "format_loss",
     "milestone_event",
     "start_event",
+    "unsent_metrics_event",
     "warning_event",
 ]
 

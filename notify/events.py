@@ -210,6 +210,28 @@ def error_event(
     )
 
 
+TRACKING_TITLE = "MLflow Record Incomplete"
+
+
+def unsent_metrics_event(points: int, path: str, error: str | None, current_step: int | None = None,
+                         total_steps: int | None = None) -> NotificationEvent:
+    """The tracking store was away when the run ended: say where the points are kept and how to send them."""
+    lines = [
+        f"The MLflow tracking store did not take {points} logged point(s)" + (f" ({error})." if error else "."),
+        f"They are kept in {path}.",
+        f"When the store is back, send them to the run: peft-studio upload {path}",
+        format_steps(current_step, total_steps),
+    ]
+    return NotificationEvent(
+        title=TRACKING_TITLE,
+        message=_join(lines),
+        event_type=EventType.ERROR,
+        current_step=current_step,
+        total_steps=total_steps,
+        details={"unsent_points": points, "unsent_path": path},
+    )
+
+
 def completion_event(
     quality_score: float | None,
     assessment: str | None,

@@ -71,47 +71,76 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class MlflowServerProcess:
+    """`mlflow server` on 127.0.0.1 with artifacts served through it, which a test may kill and start again
+    on the same port and store (a server restart in the middle of a run)."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, port: int | None = None):
+        self.backend_uri = backend_uri
+        self.artifacts = artifacts
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self, timeout: float = 120) -> str:
+        import subprocess
+        import time
+
+        import requests
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", self.backend_uri, "--serve-artifacts", "--artifacts-destination",
+             str(self.artifacts), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return self.uri
+            except requests.RequestException:
+                time.sleep(0.5)
+        self.kill()
+        pytest.fail(f"mlflow server did not start within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (a crash, not a shutdown)."""
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
 @contextlib.contextmanager
 def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
-    """`mlflow server` on 127.0.0.1 with artifacts served through it; MLFLOW_TRACKING_URI points at it for
-    this process and its subprocesses."""
-    import subprocess
-    import time
-
+    """A started server; MLFLOW_TRACKING_URI points at it for this process and its subprocesses."""
     import mlflow
-    import requests
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_uri, "--serve-artifacts", "--artifacts-destination", str(artifacts),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not start within 120 s")
+    server = MlflowServerProcess(backend_uri, artifacts)
+    uri = server.start()
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     try:
-        yield uri
+        yield server
     finally:
         while mlflow.active_run():
             mlflow.end_run()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
 
 
 @pytest.fixture
@@ -119,8 +148,17 @@ def mlflow_server(tmp_path, monkeypatch):
     """A real `mlflow server` with a sqlite backend store."""
     store = tmp_path / "server"
     store.mkdir()
-    with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as uri:
-        yield uri
+    with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as server:
+        yield server.uri
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path, monkeypatch):
+    """Like ``mlflow_server``, but the test gets the ``MlflowServerProcess`` to kill and start again."""
+    store = tmp_path / "server"
+    store.mkdir()
+    with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as server:
+        yield server
 
 
 @pytest.fixture
@@ -151,8 +189,8 @@ def postgres_mlflow_server(tmp_path, monkeypatch):
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "postgres", "-c",
                         "CREATE DATABASE mlflow"], check=True, capture_output=True, timeout=60)
         artifacts = tmp_path / "artifacts"
-        with _running_mlflow_server(f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow", artifacts, monkeypatch) as uri:
-            yield uri
+        with _running_mlflow_server(f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow", artifacts, monkeypatch) as server:
+            yield server.uri
     finally:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
         shutil.rmtree(data, ignore_errors=True)

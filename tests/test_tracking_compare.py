@@ -123,3 +123,15 @@ def test_compare_entry_point_logs_into_the_run_mlflow_made(experiment, tmp_path)
     assert len(comparisons) == 1  # the run `mlflow run` made, not a second one
     assert {a.path for a in client.list_artifacts(comparisons[0].info.run_id, "comparison")} >= {
         "comparison/summary.md", "comparison/runs.csv"}
+
+
+def test_a_long_comparison_keeps_its_findings_in_the_run_description():
+    from tracking.compare import NOTE_MAX_CHARS, NOTE_TABLE_ROWS, _note
+
+    table = ["| run | score |", "|---|---|"] + [f"| `run{i:04d}` | {i % 100} |" for i in range(1000)]
+    markdown = "\n".join(["# Comparison of 1000 runs", "", *table, "", "## What goes with higher scores", "- lora_r 16"])
+    note = _note(markdown)
+    assert len(markdown) > NOTE_MAX_CHARS >= len(note)
+    assert note.count("| `run") == NOTE_TABLE_ROWS and "comparison/summary.md" in note
+    assert note.endswith("- lora_r 16")
+    assert _note("# short") == "# short"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,9 @@ def test_a_crash_is_reported_with_its_step_and_the_run_is_marked_failed(tracking
     run = client.search_runs([client.get_experiment_by_name("crash").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert "quality_score" in run.data.metrics  # partial analysis of the history it had
+    # the buffered points were flushed before the run closed: every step logged before the crash is there
+    # (step 3 crashed in on_step_end, before its log entry)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
 
 
 def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_path):
@@ -178,6 +182,10 @@ def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_
     assert "the MLflow run is marked KILLED" in stderr and "Traceback" not in stderr
     assert posts[-1]["title"] == "Training Stopped"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+    # every step logged before SIGTERM was flushed: one loss point per step, no gap, up to where it stopped
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    stopped_at = int(re.search(r"Step (\d+)", posts[-1]["message"]).group(1))
+    assert steps == list(range(1, len(steps) + 1)) and stopped_at - 1 <= steps[-1] <= stopped_at
 
 
 def test_a_resumed_run_does_not_resend_milestones_and_a_stall_is_warned_once(tracking_uri, tmp_path, monkeypatch):

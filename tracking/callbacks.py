@@ -7,14 +7,13 @@ nothing, so under ``torchrun`` metrics are logged and milestones sent exactly on
 from __future__ import annotations
 
 import logging
-import time
 from typing import Callable
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from .monitor import TrainingMonitor
+from .run_logger import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +23,15 @@ def numeric_logs(logs: dict) -> dict[str, float]:
 
 
 class MlflowMetricsCallback(TrainerCallback):
-    """Logs each Trainer log entry (loss, grad_norm, learning_rate, epoch, eval_*) in one batch request."""
+    """Hands each Trainer log entry (loss, grad_norm, learning_rate, epoch, eval_*) to a ``RunLogger``:
+    the training loop pays for an append; a background thread sends batches."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client = client
-        self.run_id = run_id
-        self.failures = 0
+    def __init__(self, logger: RunLogger):
+        self.logger = logger
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        timestamp = int(time.time() * 1000)
-        metrics = [Metric(k, v, timestamp, state.global_step) for k, v in numeric_logs(logs).items()]
-        try:
-            self.client.log_batch(self.run_id, metrics=metrics)
-        except Exception as exc:  # a tracking hiccup must not kill a long fine-tune
-            self.failures += 1
-            log.warning("could not log %d metric(s) at step %d to MLflow: %s", len(metrics), state.global_step, exc)
+        if state.is_world_process_zero and logs:
+            self.logger.log_metrics(numeric_logs(logs), state.global_step)
 
 
 class NotificationCallback(TrainerCallback):

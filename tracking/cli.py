@@ -16,13 +16,13 @@ import click
 from .config import ConfigError, TrainConfig
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Error types that mean "the user asked for something that cannot work": shown as one line."""
-    from notify.channels import ChannelError
+    """Error types that mean "the user asked for something that cannot work": shown as one line.
 
-    from .analyze import AnalysisError
-    from .compare import CompareError
-
-    return (ConfigError, AnalysisError, ChannelError, CompareError)
+    Only from modules already imported (one never imported cannot have raised), so that reporting a bad
+    setting does not first import MLflow for ``tracking.analyze``."""
+    where = (("notify.channels", "ChannelError"), ("tracking.analyze", "AnalysisError"),
+             ("tracking.compare", "CompareError"))
+    return (ConfigError, *(getattr(sys.modules[m], name) for m, name in where if m in sys.modules))
 
 
 def friendly_errors(func):
@@ -33,7 +33,13 @@ def friendly_errors(func):
         ctx = click.get_current_context()
         debug = (ctx.find_root().params or {}).get("debug", False)
         try:
-            if ctx.command.name in ("train", "analyze", "compare"):
+            if ctx.command.name == "train":  # settings and local data first: named in a second, MLflow untouched
+                config = TrainConfig.from_strings(kwargs)
+                from .data import load_text_data, resolve_data_source
+
+                if not isinstance(resolve_data_source(config.data), str):  # a file (a hub dataset loads once, later)
+                    load_text_data(config)
+            if ctx.command.name in ("train", "analyze", "compare", "upload"):
                 import mlflow
 
                 from .mlflow_io import check_tracking_server
@@ -58,9 +64,18 @@ def main(debug: bool) -> None:
     peft-studio train                 fine-tune (built-in model and data by default), then analyze
     peft-studio analyze RUN_ID        score any MLflow run from its logged metric history
     peft-studio compare --experiment  compare runs: what goes with higher scores, what to try next
+    peft-studio upload FILE           send points a run could not log (tracking store away) to it
     peft-studio notify test URLS      send a test message to each notification channel
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # apprise and urllib3 log webhook URLs, tokens and all
+        handler.addFilter(_redact_channel_secrets)
+
+
+def _redact_channel_secrets(record: logging.LogRecord) -> bool:
+    """Mask notification channels' passwords and tokens in every log line (no channel loaded: nothing to do)."""
+    redact = getattr(sys.modules.get("notify.channels"), "RedactSecrets", None)  # None also while it imports
+    return redact().filter(record) if redact is not None else True
 
 
 def _train_options(func):
@@ -87,6 +102,11 @@ def train(**settings: str) -> None:
     MLFLOW_EXPERIMENT_NAME. Set MLFLOW_TRACKING_URI to use a tracking server.
     """
     config = TrainConfig.from_strings(settings)
+    import os
+
+    # MLflow's client retries a request for minutes by default; the job's own logging thread keeps and
+    # resends points for as long as it takes, so a short MLflow retry lets it notice an outage in seconds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     from notify.channels import load_channels
     from notify.delivery import Notifier
 
@@ -99,7 +119,12 @@ def train(**settings: str) -> None:
         click.echo(f"peft-studio: {exc or 'interrupted'}; the MLflow run is marked KILLED", err=True)
         sys.exit(130)
     if is_main_process():
-        if result.analysis is not None:
+        if result.unsent_path is not None:
+            click.echo(f"\nRun {result.run_id} trained, but the MLflow tracking store did not take all of its points: "
+                       f"they are in {result.unsent_path}; when the store is back, run\n"
+                       f"  peft-studio upload {result.unsent_path}", err=True)
+            sys.exit(3)  # trained, but the record is incomplete: distinct from a crash (1) and a bad setting (2)
+        elif result.analysis is not None:
             _print_summary(result.run_id, result.analysis)
         else:
             click.echo(f"\nRun {result.run_id} finished but could not be scored (see the warning above); "
@@ -196,6 +221,43 @@ def compare(experiment: str | None, run_ids: str, filter_string: str, no_log: bo
         same_experiment = own_run and client.get_run(own_run).info.experiment_id == experiment_id
         logged = log_comparison(client, result, experiment_id, run_id=own_run if same_experiment else None)
         click.echo(f"\nLogged to comparison run {logged} (comparison/summary.md, runs.csv, plots).")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--no-analyze", is_flag=True, help="Only send the points; do not (re)analyze the run.")
+@friendly_errors
+def upload(path: str, no_analyze: bool) -> None:
+    """Send the points a run could not log (the unsent-mlflow-RUN_ID.jsonl file the job names when the
+    tracking store was away) to their run, end the run with the status it had, and analyze it.
+
+    Safe to repeat: MLflow skips points the run already has. Point MLFLOW_TRACKING_URI at the store first.
+    """
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from .analyze import analyze_run
+    from .run_logger import upload_unsent
+
+    if not Path(path).is_file():
+        raise ConfigError(f"no such file: {path}; pass the unsent-mlflow-*.jsonl file the training job named")
+    client = MlflowClient()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        result = upload_unsent(client, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except MlflowException as exc:
+        raise ConfigError(f"the tracking store refused the points ({exc.error_code}); point MLFLOW_TRACKING_URI "
+                          "at the store the run was logged to") from None
+    click.echo(f"Sent {result.metrics} point(s) and {result.tags} tag(s) to run {result.run_id}.")
+    if result.status and client.get_run(result.run_id).info.status == "RUNNING":
+        client.set_terminated(result.run_id, result.status)
+        click.echo(f"Run {result.run_id} is now {result.status}.")
+    if not no_analyze:
+        _print_summary(result.run_id, analyze_run(client, result.run_id))
 
 
 @main.group()

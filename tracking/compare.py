@@ -214,13 +214,35 @@ def best_worst_figure(client: MlflowClient, best_id: str, worst_id: str, runs: p
     return fig
 
 
+NOTE_MAX_CHARS = 8000  # MLflow cuts a run description at this length (and warns)
+NOTE_TABLE_ROWS = 20
+
+
+def _note(markdown: str) -> str:
+    """The run description: the whole summary when it fits, else the table cut to the best runs (the whole
+    table stays in comparison/summary.md) so that the findings after it are not cut off."""
+    if len(markdown) <= NOTE_MAX_CHARS:
+        return markdown
+    lines, rows = [], 0
+    for line in markdown.splitlines():
+        if line.startswith("| `"):  # a run's row (header and separator rows have no run id)
+            rows += 1
+            if rows == NOTE_TABLE_ROWS + 1:
+                lines.append("")
+                lines.append("(the other runs are in the artifact comparison/summary.md)")
+            if rows > NOTE_TABLE_ROWS:
+                continue
+        lines.append(line)
+    return "\n".join(lines)[:NOTE_MAX_CHARS]
+
+
 def log_comparison(client: MlflowClient, comparison: Comparison, experiment_id: str,
                    run_id: str | None = None) -> str:
     """Log the comparison to ``run_id`` (the run `mlflow run -e compare` made) or to a new run."""
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name="comparison").info.run_id
     client.set_tag(run_id, COMPARISON_TAG, "true")
-    client.set_tag(run_id, "mlflow.note.content", comparison.markdown)
+    client.set_tag(run_id, "mlflow.note.content", _note(comparison.markdown))
     runs = comparison.runs
     client.log_text(run_id, comparison.markdown, "comparison/summary.md")
     client.log_text(run_id, runs.to_csv(index=False), "comparison/runs.csv")

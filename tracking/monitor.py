@@ -138,6 +138,10 @@ class TrainingMonitor:
         except Exception as send_failure:
             log.warning("could not send the error notification: %s", send_failure)
 
+    def send(self, event: NotificationEvent) -> None:
+        """Any other event of this run (e.g. the tracking store being away), through the same channels."""
+        self._send(event)
+
     def close(self) -> None:
         """Stop the watchdog, let pending scores go out, then flush the notifier (bounded)."""
         if self._watchdog is not None:

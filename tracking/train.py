@@ -27,9 +27,10 @@ from .analyze import AnalysisError, analyze_run
 from .callbacks import MlflowMetricsCallback, NotificationCallback
 from .config import TrainConfig
 from .data import TextData, load_text_data
-from .mlflow_io import log_new_params, run_page_url
+from .mlflow_io import log_new_params, run_page_url, store_setup_lock
 from .model import LoadedModel, load_lora_model
 from .monitor import TrainingMonitor
+from .run_logger import LoggerReport, RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class JobResult:
     run_id: str | None
     analysis: object | None  # scoring.QualityAnalysis on the main process
     total_steps: int
+    unsent_path: Path | None = None  # points MLflow did not take, for `peft-studio upload`
 
 
 class _TokenizedDataset:
@@ -175,8 +177,10 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
 
         notifier = Notifier(Channels())  # no channels: events are still recorded in events.jsonl
 
-    client = MlflowClient()
-    active = mlflow.active_run() or mlflow.start_run()  # resumes MLFLOW_RUN_ID when `mlflow run` made the run
+    with store_setup_lock(mlflow.get_tracking_uri()):
+        client = MlflowClient()
+        client.search_experiments(max_results=1)  # creates or migrates the store's schema, under the lock
+        active = mlflow.active_run() or mlflow.start_run()  # resumes MLFLOW_RUN_ID when `mlflow run` made the run
     run_id = active.info.run_id
     url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
     existing = client.get_run(run_id).data
@@ -191,6 +195,8 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
                                stall_minutes=config.stall_minutes)
 
     notifications = NotificationCallback(make_monitor, config.model, config.data, url)
+    logger = RunLogger(client, run_id, unsent_path=Path(config.output_dir).resolve() / f"unsent-mlflow-{run_id}.jsonl",
+                       on_trouble=lambda error: _warn_tracking_trouble(notifier, notifications, error))
     trainer = None
     with _sigterm_as_stop():
         try:
@@ -206,28 +212,53 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
             })
             client.set_tag(run_id, "peft_studio.task", config.task)
             trainer = build_trainer(config, data, loaded,
-                                    callbacks=[MlflowMetricsCallback(client, run_id), notifications])
+                                    callbacks=[MlflowMetricsCallback(logger), notifications])
             started = time.monotonic()
             trainer.train()
             log.info("training finished in %.1f s", time.monotonic() - started)
-            _save_adapter(trainer, client, run_id, config)
-            try:
-                analysis = analyze_run(client, run_id)
-            except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
-                log.warning("%s", exc)
-                analysis = None
+            adapter = _save_adapter(trainer, config)
             monitor = notifications.monitor or make_monitor(max(trainer.state.max_steps, 1), 0)
+            analysis = None
+            if _all_sent(logger):
+                client.log_artifacts(run_id, str(adapter), "adapter")
+                try:
+                    analysis = analyze_run(client, run_id)
+                except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
+                    log.warning("%s", exc)
             monitor.complete(analysis, url, _loss_curve_png(analysis, config.output_dir) if analysis else ())
-            _finish(client, run_id, monitor, "FINISHED")
-            return JobResult(run_id, analysis, trainer.state.global_step)
+            report = _finish(run_id, monitor, logger, "FINISHED")
+            return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
         except BaseException as exc:
             stopped = isinstance(exc, KeyboardInterrupt)
             planned = trainer.state.max_steps if trainer is not None and trainer.state.max_steps else 1
             monitor = notifications.monitor or make_monitor(planned, 0)
             monitor.fail(exc, stopped=stopped)
-            _partial_analysis(client, run_id)
-            _finish(client, run_id, monitor, "KILLED" if stopped else "FAILED")
+            if _all_sent(logger):
+                _partial_analysis(client, run_id)
+            _finish(run_id, monitor, logger, "KILLED" if stopped else "FAILED")
             raise
+
+
+# How long the end of a run waits for buffered points: the whole buffer while the store answers, and a
+# short while for a store that stopped answering (it may be restarting) before keeping them in a file.
+FLUSH_TIMEOUT_SECONDS = 300.0
+STORE_PATIENCE_SECONDS = 60.0
+
+
+def _all_sent(logger: RunLogger) -> bool:
+    """Everything logged so far is in the run (what the analysis needs); False when the store is away."""
+    return logger.flush(timeout=FLUSH_TIMEOUT_SECONDS, patience=STORE_PATIENCE_SECONDS)
+
+
+def _warn_tracking_trouble(notifier, notifications: NotificationCallback, error: str) -> None:
+    """Once per outage: training goes on, points wait in memory and are retried."""
+    from notify import warning_event
+
+    monitor = notifications.monitor
+    step, total = (monitor.step_reached, monitor.manager.total_steps) if monitor else (None, None)
+    notifier.send(warning_event("MLflow unreachable", f"MLflow did not take the latest metrics ({error}). "
+                                "Training goes on; the points are kept and sent again until MLflow answers.",
+                                step, total))
 
 
 MILESTONES_TAG = "peft_studio.milestones_sent"
@@ -239,11 +270,12 @@ def _milestones_sent(tags: dict[str, str]) -> tuple[int, ...]:
     return tuple(int(m) for m in recorded.split(",") if m.strip().isdigit())
 
 
-def _save_adapter(trainer, client: MlflowClient, run_id: str, config: TrainConfig) -> None:
-    """Keep the LoRA adapter (a few hundred KB) with the run, so the run is usable, not just scored."""
+def _save_adapter(trainer, config: TrainConfig) -> Path:
+    """Keep the LoRA adapter (a few hundred KB) with the run, so the run is usable, not just scored; it is
+    written locally first, so it survives a tracking store that is away."""
     target = Path(config.output_dir) / "adapter"
     trainer.save_model(str(target))
-    client.log_artifacts(run_id, str(target), "adapter")
+    return target
 
 
 def _loss_curve_png(analysis, output_dir: str) -> list[str]:
@@ -265,16 +297,45 @@ def _partial_analysis(client: MlflowClient, run_id: str) -> None:
         log.info("no partial analysis for run %s: %s", run_id, exc)
 
 
-def _finish(client: MlflowClient, run_id: str, monitor: TrainingMonitor, status: str) -> None:
-    """Flush notifications (bounded), keep their record with the run, and close the run."""
+def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: str) -> LoggerReport:
+    """Send the last points and tags (bounded), keep the notification record with the run, close the run.
+    When the store is away, the points go to a local file and the user is told how to upload them."""
+    logger.set_tag(MILESTONES_TAG, ",".join(str(m) for m in sorted(monitor.manager.sent_milestones)))
+    report = logger.close(timeout=FLUSH_TIMEOUT_SECONDS if logger.healthy else 0.0, status=status)
+    if not report.complete:
+        from notify import unsent_metrics_event
+
+        log.error("MLflow did not take %d point(s) of run %s; they are kept in %s: send them with "
+                  "`peft-studio upload %s` when the tracking store is back", report.unsent, run_id,
+                  report.unsent_path, report.unsent_path)
+        monitor.send(unsent_metrics_event(report.unsent, str(report.unsent_path), report.last_error,
+                                          monitor.step_reached, monitor.manager.total_steps))
+    monitor.close()
+    if not report.complete:
+        _forget_active_run(status)
+        return report
     try:
-        monitor.close()
-        sent = sorted(monitor.manager.sent_milestones)
-        client.set_tag(run_id, MILESTONES_TAG, ",".join(str(m) for m in sent))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "events.jsonl"
             monitor.notifier.write_jsonl(path)
-            client.log_artifact(run_id, str(path), "notifications")
+            logger.client.log_artifact(run_id, str(path), "notifications")
     except Exception as exc:  # the run's status matters more than its notification record
         log.warning("could not record notifications for run %s: %s", run_id, exc)
     mlflow.end_run(status)
+    return report
+
+
+def _forget_active_run(status: str) -> None:
+    """End the fluent run without waiting on a store that is away (MLflow would retry for minutes); the
+    status is in the unsent-points file, and ``peft-studio upload`` sets it."""
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        log.debug("could not end the run on the store: %s", exc)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
