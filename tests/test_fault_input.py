@@ -269,7 +269,7 @@ def test_debug_shows_the_traceback_of_a_bad_parameter(tmp_path):
     assert "ConfigError: epochs must not be negative" in done.stderr
 
 
-MLFLOW_RUN_CASES = [("epochs", "abc"), ("lora_dropout", "1.5"), ("output_dir", "{tmp}/afile"), ("notify", "notaurl://x")]
+MLFLOW_RUN_CASES = [("lora_dropout", "1.5"), ("notify", "notaurl://x")]  # the CLI table above covers every param
 
 
 @pytest.mark.slow

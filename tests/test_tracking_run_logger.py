@@ -10,7 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -19,6 +18,12 @@ from receivers import free_port
 from tracking.run_logger import RunLogger, read_unsent, upload_unsent
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _new_run() -> str:
+    """A run in this test's store (the default experiment: an active experiment set by an earlier test may
+    belong to another store)."""
+    return MlflowClient().create_run("0").info.run_id
 
 
 def _history(client, run_id, key):
@@ -54,7 +59,7 @@ class CountingClient:
 
 
 def test_every_point_arrives_in_order_in_batches_of_up_to_1000(tracking_uri, tmp_path):
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     counting = CountingClient()
     logger = RunLogger(counting, run_id, unsent_path=tmp_path / "unsent.jsonl", flush_interval=0.05)
     logged = _log_points(logger, range(1, 3001))
@@ -70,7 +75,7 @@ def test_every_point_arrives_in_order_in_batches_of_up_to_1000(tracking_uri, tmp
 
 
 def test_flush_waits_for_what_was_logged_before_it(tracking_uri, tmp_path):
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     logger = RunLogger(MlflowClient(), run_id, unsent_path=tmp_path / "u.jsonl", flush_interval=60)
     logged = _log_points(logger, range(1, 51), keys=("loss",))
     assert logger.flush(timeout=30)
@@ -79,7 +84,7 @@ def test_flush_waits_for_what_was_logged_before_it(tracking_uri, tmp_path):
 
 
 def test_a_failing_store_is_retried_in_order_and_reported_once(tracking_uri, tmp_path):
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     troubles = []
     logger = RunLogger(CountingClient(fail_first=3), run_id, unsent_path=tmp_path / "u.jsonl", flush_interval=0.05,
                        retry_delays=(0.05,), on_trouble=troubles.append)
@@ -97,7 +102,7 @@ def _unreachable_client():
 
 def test_points_a_store_never_takes_are_kept_in_a_file_that_uploads_them_later(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     path = tmp_path / "unsent.jsonl"
     logger = RunLogger(_unreachable_client(), run_id, unsent_path=path, flush_interval=0.05, retry_delays=(0.2,))
     logged = _log_points(logger, range(1, 1201))
@@ -120,7 +125,7 @@ def test_points_a_store_never_takes_are_kept_in_a_file_that_uploads_them_later(t
 
 def test_the_buffer_is_bounded_while_the_store_is_away(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     path = tmp_path / "unsent.jsonl"
     logger = RunLogger(_unreachable_client(), run_id, unsent_path=path, flush_interval=0.01, max_buffered=2000,
                        retry_delays=(0.05,))
@@ -137,7 +142,7 @@ def test_the_buffer_is_bounded_while_the_store_is_away(tracking_uri, tmp_path, m
 
 
 def test_when_the_store_comes_back_the_overflow_file_is_sent_too(tracking_uri, tmp_path):
-    run_id = mlflow.start_run().info.run_id
+    run_id = _new_run()
     path = tmp_path / "unsent.jsonl"
     logger = RunLogger(CountingClient(fail_first=2), run_id, unsent_path=path, flush_interval=0.01,
                        max_buffered=500, retry_delays=(0.3,))
@@ -155,8 +160,7 @@ def _run_script(body: str, tracking_uri: str) -> subprocess.CompletedProcess:
 
 
 def test_points_are_flushed_when_the_program_dies_of_an_exception(tracking_uri, tmp_path):
-    run_id = mlflow.start_run().info.run_id
-    mlflow.end_run()
+    run_id = _new_run()
     done = _run_script(f"""
         from mlflow.tracking import MlflowClient
         from tracking.run_logger import RunLogger
@@ -173,8 +177,7 @@ def test_points_are_flushed_on_sigterm_in_the_training_job(tracking_uri, tmp_pat
     """SIGTERM becomes a stop (tracking.train), so the buffer is sent before the process ends."""
     import signal
 
-    run_id = mlflow.start_run().info.run_id
-    mlflow.end_run()
+    run_id = _new_run()
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from mlflow.tracking import MlflowClient

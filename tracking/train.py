@@ -240,14 +240,19 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
 
 
 # How long the end of a run waits for buffered points: the whole buffer while the store answers, and a
-# short while for a store that stopped answering (it may be restarting) before keeping them in a file.
+# while for a store that stopped answering (it may be restarting) before keeping them in a file;
+# PEFT_STUDIO_STORE_PATIENCE (seconds) changes the latter.
 FLUSH_TIMEOUT_SECONDS = 300.0
 STORE_PATIENCE_SECONDS = 60.0
 
 
 def _all_sent(logger: RunLogger) -> bool:
     """Everything logged so far is in the run (what the analysis needs); False when the store is away."""
-    return logger.flush(timeout=FLUSH_TIMEOUT_SECONDS, patience=STORE_PATIENCE_SECONDS)
+    try:
+        patience = float(os.environ.get("PEFT_STUDIO_STORE_PATIENCE", STORE_PATIENCE_SECONDS))
+    except ValueError:
+        patience = STORE_PATIENCE_SECONDS
+    return logger.flush(timeout=FLUSH_TIMEOUT_SECONDS, patience=patience)
 
 
 def _warn_tracking_trouble(notifier, notifications: NotificationCallback, error: str) -> None:
