@@ -69,24 +69,35 @@ def test_a_server_killed_and_restarted_loses_no_point_of_the_logger(restartable_
     assert [(m.step, m.value) for m in history] == logged
 
 
-def test_training_goes_on_through_a_server_restart_and_the_run_has_every_point(restartable_mlflow_server, tmp_path):
-    server = restartable_mlflow_server
-    steps = 60
-    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "restart", "OMP_NUM_THREADS": "1"}
+def _train_and_kill_the_server(server, tmp_path, experiment: str, steps: int, restart: bool, **env_extra):
+    """Run the job against ``server`` and SIGKILL the server once the run has 3 loss points (starting it again
+    at once when ``restart``). Returns the exit code, stderr, the run, the webhook's messages and the seconds
+    from the kill to the job's exit."""
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": experiment, "OMP_NUM_THREADS": "1", **env_extra}
     with HTTPReceiver() as webhook:
         process = subprocess.Popen(_train_command(tmp_path, steps, webhook.url()), cwd=tmp_path, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            client = MlflowClient()
-            run = _wait_for_points(client, "restart", 3)
+            run = _wait_for_points(MlflowClient(), experiment, 3)
             server.kill()
-            server.start()  # takes a few seconds (tens on a loaded machine) while training goes on
-            out, err = process.communicate(timeout=600)
+            killed = time.monotonic()
+            if restart:
+                server.start()  # takes a few seconds (tens on a loaded machine) while training goes on
+            _, err = process.communicate(timeout=600)
+            ended_after = time.monotonic() - killed
         finally:
             if process.poll() is None:
                 process.kill()
-        titles = [b["title"] for b in webhook.bodies]
-    assert process.returncode == 0, err[-3000:]
+        return process.returncode, err, run, webhook.bodies, ended_after
+
+
+def test_training_goes_on_through_a_server_restart_and_the_run_has_every_point(restartable_mlflow_server, tmp_path):
+    steps = 60
+    returncode, err, run, posts, _ = _train_and_kill_the_server(restartable_mlflow_server, tmp_path, "restart",
+                                                                steps, restart=True)
+    titles = [p["title"] for p in posts]
+    assert returncode == 0, err[-3000:]
+    client = MlflowClient()
     finished = client.get_run(run.info.run_id)
     assert finished.info.status == "FINISHED"
     _assert_complete_history(client, run.info.run_id, steps)
@@ -98,23 +109,10 @@ def test_training_goes_on_through_a_server_restart_and_the_run_has_every_point(r
 def test_a_server_that_never_comes_back_leaves_a_file_that_upload_sends_later(restartable_mlflow_server, tmp_path):
     server = restartable_mlflow_server
     steps = 30
-    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "gone", "OMP_NUM_THREADS": "1",
-           "PEFT_STUDIO_STORE_PATIENCE": "10"}  # how long the job's end waits for a store that stopped answering
-    with HTTPReceiver() as webhook:
-        process = subprocess.Popen(_train_command(tmp_path, steps, webhook.url()), cwd=tmp_path, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            client = MlflowClient()
-            run = _wait_for_points(client, "gone", 3)
-            server.kill()
-            started = time.monotonic()
-            out, err = process.communicate(timeout=600)
-            ended_after = time.monotonic() - started
-        finally:
-            if process.poll() is None:
-                process.kill()
-        posts = webhook.bodies
-    assert process.returncode == 3, err[-3000:]
+    # PEFT_STUDIO_STORE_PATIENCE: how long the job's end waits for a store that stopped answering
+    returncode, err, run, posts, ended_after = _train_and_kill_the_server(
+        server, tmp_path, "gone", steps, restart=False, PEFT_STUDIO_STORE_PATIENCE="10")
+    assert returncode == 3, err[-3000:]
     assert "Traceback" not in err
     unsent = tmp_path / "out" / f"unsent-mlflow-{run.info.run_id}.jsonl"
     assert unsent.is_file()
@@ -129,6 +127,7 @@ def test_a_server_that_never_comes_back_leaves_a_file_that_upload_sends_later(re
                             capture_output=True, text=True, timeout=300)
     assert upload.returncode == 0, upload.stderr[-3000:]
     assert "is now FINISHED" in upload.stdout and "quality score" in upload.stdout
+    client = MlflowClient()
     uploaded = client.get_run(run.info.run_id)
     assert uploaded.info.status == "FINISHED"
     _assert_complete_history(client, run.info.run_id, steps)

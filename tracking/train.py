@@ -251,6 +251,8 @@ def _all_sent(logger: RunLogger) -> bool:
     try:
         patience = float(os.environ.get("PEFT_STUDIO_STORE_PATIENCE", STORE_PATIENCE_SECONDS))
     except ValueError:
+        log.warning("PEFT_STUDIO_STORE_PATIENCE must be a number of seconds, got %r; waiting %g s",
+                    os.environ.get("PEFT_STUDIO_STORE_PATIENCE"), STORE_PATIENCE_SECONDS)
         patience = STORE_PATIENCE_SECONDS
     return logger.flush(timeout=FLUSH_TIMEOUT_SECONDS, patience=patience)
 
