@@ -1,6 +1,7 @@
 """Pure quality analysis of a training run: a 0-100 score, its factors, and what to change next.
 
-Imports numpy, pandas and matplotlib only (no MLflow, torch or apprise), so it can score any history.
+Imports numpy, pandas, scipy, pymannkendall and matplotlib only (no MLflow, torch or apprise), so it can score
+any history.
 """
 
 from .compare import (
@@ -24,8 +25,10 @@ from .models import (
     Priority,
     QualityAnalysis,
     TrainingResult,
+    Verdict,
 )
 from .quality import REQUIRED_SUMMARY_FIELDS, analyze_history, analyze_training_quality
+from .rules import Alert, LiveRules
 from .tables import FACTOR_NAMES, TABLES
 from .thresholds import Thresholds
 
@@ -34,5 +37,5 @@ __all__ = [
     "FactorScore", "ImprovementSuggestion", "Priority", "QualityAnalysis", "TrainingResult",
     "REQUIRED_SUMMARY_FIELDS", "analyze_history", "analyze_training_quality", "FACTOR_NAMES", "TABLES", "Thresholds",
     "IGNORED_PARAMS", "ABResult", "ParamEffect", "ab_compare", "comparison_markdown", "differing_params",
-    "eval_noise", "next_configuration", "param_effects", "run_params",
+    "eval_noise", "next_configuration", "param_effects", "run_params", "Alert", "LiveRules", "Verdict",
 ]

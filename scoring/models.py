@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Sequence
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: verdicts with confidence, top_concern
 
 
 class Category(str, Enum):
@@ -175,6 +175,27 @@ class FactorScore:
         }
 
 
+CONFIDENCES = ("high", "medium", "low")
+# What the user should act on first, most fundamental first; "none" when nothing important was found.
+CONCERNS = ("not_learned", "unstable", "overfitting", "not_converged", "none")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One yes/no reading of the run (did it learn, converge, ...), how sure it is, and why."""
+
+    answer: str  # yes | no | cannot_tell | not_measured
+    confidence: str  # high | medium | low
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"Verdict.confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "confidence": self.confidence, "reason": self.reason}
+
+
 @dataclass(frozen=True)
 class QualityAnalysis:
     """The analysis of one run. ``to_dict`` is the stable, versioned JSON form (``quality/analysis.json``)."""
@@ -186,6 +207,8 @@ class QualityAnalysis:
     metrics_summary: Mapping[str, Any]
     events: Mapping[str, Any] = field(default_factory=dict)
     metric_names: Mapping[str, str] = field(default_factory=dict)
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # learned, converged, unstable, overfit
+    top_concern: str = "none"  # one of CONCERNS
     curves: Any = field(default=None, repr=False, compare=False)  # the series behind the plot, not serialized
 
     @property
@@ -202,6 +225,8 @@ class QualityAnalysis:
             "metrics_summary": {k: _json_safe(v) for k, v in self.metrics_summary.items()},
             "events": {k: _json_safe(v) for k, v in self.events.items()},
             "metric_names": dict(self.metric_names),
+            "verdicts": {name: v.to_dict() for name, v in self.verdicts.items()},
+            "top_concern": self.top_concern,
         }
 
     def to_markdown(self) -> str:

@@ -6,6 +6,7 @@ MLflow stores params as strings, and the same knob goes by different names: our 
 
 from __future__ import annotations
 
+import ast
 import math
 from typing import Any, Mapping
 
@@ -48,5 +49,17 @@ class Hyperparameters:
                     return value
         return None
 
-    def __bool__(self) -> bool:
-        return bool(self._params)
+    def classes(self) -> float | None:
+        """How many classes a single-label classifier chooses among: ``num_labels``, else the size of the
+        ``id2label`` mapping that Hugging Face's MLflowCallback logs from the model config. None for
+        multi-label problems, where chance level is not ln K."""
+        if str(self._params.get("problem_type", "")) == "multi_label_classification":
+            return None
+        count = self.number("num_labels")
+        if count is None and "id2label" in self._params:
+            try:
+                mapping = ast.literal_eval(str(self._params["id2label"]))
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                mapping = None
+            count = float(len(mapping)) if isinstance(mapping, dict) else None
+        return count if count is not None and count >= 2 else None

@@ -15,15 +15,19 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .curves import Curves, curves_from_history
-from .diagnostics import Findings, diagnose
 from .models import (
     FactorScore,
     QualityAnalysis,
     TrainingResult,
+    Verdict,
 )
 from .params import Hyperparameters
+from .rules import HIGH, Findings, diagnose
 from .tables import TABLES, assessment_for
 from .thresholds import Thresholds
+
+# A run that did not learn is never Good or Excellent, whatever its other factors earn: the score stops here.
+NOT_LEARNED_SCORE_CAP = 49.0
 
 # Fields every metrics summary carries (None where not measured); tests and users rely on them.
 REQUIRED_SUMMARY_FIELDS = (
@@ -49,7 +53,7 @@ def analyze_training_quality(result: TrainingResult, thresholds: Thresholds | No
         curves = Curves.from_values(result.loss_history, result.eval_loss_history, result.gradient_norms,
                                     result.total_steps)
         hp = Hyperparameters(result.hyperparameters)
-        findings = diagnose(curves, thresholds, max_grad_norm=hp.number("max_grad_norm"))
+        findings = diagnose(curves, thresholds, max_grad_norm=hp.number("max_grad_norm"), classes=hp.classes())
         result = dataclasses.replace(
             result,
             convergence_achieved=_first_known(result.convergence_achieved, findings.convergence.converged),
@@ -74,7 +78,7 @@ def analyze_history(
     thresholds = thresholds or Thresholds()
     curves, used = curves_from_history(history, metric_names)
     hp = Hyperparameters(params)
-    findings = diagnose(curves, thresholds, max_grad_norm=hp.number("max_grad_norm"))
+    findings = diagnose(curves, thresholds, max_grad_norm=hp.number("max_grad_norm"), classes=hp.classes())
     ends, gen = findings.endpoints, findings.generalization
     learning_rate = None
     if curves.learning_rate is not None:
@@ -158,13 +162,15 @@ def _convergence(r: TrainingResult, f: Findings | None) -> FactorScore:
     stats = (f"Mann-Kendall z={trend.z:.2f}, p={trend.p_value:.2g}, Hamed-Rao corrected" if trend
              else "too few points for a trend test")
     where = f"over the final window (steps {c.window_start_step}-{f.endpoints.last_step}; {stats})"
+    matters = f"a change must exceed {_pct(c.material)} of the loss level to matter here: beyond its noise, 5% of the level and 1% of the run's fall"
     if c.converged:
-        why = "no significant trend" if trend and not trend.significant else "too small a change to matter"
-        text = f"loss {moved} {_pct(abs(c.change))} {where}: {why}, so the run had converged"
+        why = ("no significant trend" if trend and not trend.significant and abs(c.change) > c.material
+               else "within its noise")
+        text = f"loss {moved} {_pct(abs(c.change))} {where}: {why}, so the run had converged ({matters})"
         if c.plateau_start_step is not None:
             text += f"; the curve was flat from about step {c.plateau_start_step}"
     else:
-        text = f"loss still {moved} {_pct(abs(c.change))} {where}, so the run had not converged"
+        text = f"loss still {moved} {_pct(abs(c.change))} {where}, so the run had not converged ({matters})"
     return _factor("convergence", value, text)
 
 
@@ -178,39 +184,65 @@ def _stability(r: TrainingResult, f: Findings | None) -> FactorScore:
     problems = []
     if s.nonfinite_loss_steps:
         problems.append(f"non-finite loss at step(s) {_steps(s.nonfinite_loss_steps)}")
-    if s.nonfinite_grad_steps:
-        problems.append(f"non-finite gradient norm at step(s) {_steps(s.nonfinite_grad_steps)}")
     if s.breakdown_steps:
         problems.append(f"a loss of exactly 0.0 beside a NaN gradient norm at step(s) {_steps(s.breakdown_steps)} "
                         "(numerical breakdown, not a perfect fit)")
+    if s.skipped_steps:
+        problems.append(f"{len(s.skipped_steps)} non-finite gradient norm(s) with a finite loss at step(s) "
+                        f"{_steps(s.skipped_steps)} (fp16 loss scaling skips such a step; only repeated ones count)")
     if s.divergence_step is not None:
-        problems.append(f"loss diverged from step {s.divergence_step} (above 2x its running minimum)")
+        problems.append(f"loss diverged from step {s.divergence_step} (a sustained climb back of more than half "
+                        "of what it had fallen, beyond its noise)")
     if s.spike_count:
         problems.append(f"{s.spike_count} spike(s) (loss at {_steps(s.loss_spike_steps) or 'none'}, "
-                        f"gradient norm at {_steps(s.grad_spike_steps) or 'none'})")
+                        f"gradient norm at {_steps(s.grad_spike_steps) or 'none'}; {s.spike_limit} allowed for a "
+                        "run of this length)")
     if r.gradient_norm_stable:
-        basis = "gradient norm stayed finite" if r.gradient_norms else "loss stayed finite"
-        detail = f"; {problems[0]}, below the limit" if problems else ", no spikes"
+        basis = "gradient norm stayed finite" if r.gradient_norms and not s.skipped_steps else "loss stayed finite"
+        detail = f"; {'; '.join(problems)}, below the limit" if problems else ", no spikes"
         return _factor("stability", value, f"{basis}, no divergence{detail}")
     return _factor("stability", value, "unstable: " + "; ".join(problems))
 
 
 def _overfitting(r: TrainingResult, f: Findings | None) -> FactorScore:
+    """With an eval history: Prechelt's generalization loss, scored only when eval loss rose clearly and
+    durably from its best while training loss kept falling. With final numbers only: the seed's gap."""
     g = f.generalization if f else None
+    if r.eval_loss_history:
+        if g is None or not g.measured:
+            return _unmeasured("overfitting", g.reason if g and g.reason else "too few evaluations")
+        return _trajectory_factor(g)
     if r.validation_loss is None:
         return _unmeasured("overfitting", g.reason if g and g.reason else "no eval loss was logged")
     train = r.train_loss_at_validation if r.train_loss_at_validation is not None else r.final_loss
     if train <= 0:
         return _unmeasured("overfitting", f"the training loss is {train:.4g}, so a relative gap is undefined")
     gap = (r.validation_loss - train) / train
-    at = f" at step {g.eval_step}" if g and g.eval_step is not None else ""
     points = TABLES["overfitting"].points(gap)
-    text = (f"eval loss {r.validation_loss:.4g}{at} against training loss {train:.4g}: a gap of {_pct(gap)}; "
+    text = (f"eval loss {r.validation_loss:.4g} against training loss {train:.4g}: a gap of {_pct(gap)}; "
             f"{TABLES['overfitting'].band(gap, percent=True)} earns {points}/15")
-    if g and g.generalization_loss is not None and g.generalization_loss > 0:
-        text += (f"; eval loss ended {g.generalization_loss:.1f}% above its best ({g.best_eval_loss:.4g} "
-                 f"at step {g.best_step})")
     return _factor("overfitting", gap, text)
+
+
+def _trajectory_factor(g) -> FactorScore:
+    gl = (g.generalization_loss or 0.0) / 100.0
+    value = gl if g.overfitting else 0.0
+    points = TABLES["overfitting"].points(value)
+    best = f"best eval loss {g.best_eval_loss:.4g} at step {g.best_step}"
+    if g.overfitting:
+        text = (f"eval loss rose from its {best} to {g.eval_loss:.4g} at step {g.eval_step} ({_pct(gl)} above, "
+                f"{g.evals_above} evaluations in a row beyond its noise of {g.margin:.3g}) while training loss "
+                f"kept falling: overfitting; {TABLES['overfitting'].band(value, percent=True)} earns {points}/15")
+    elif g.eval_step == g.best_step:
+        text = f"eval loss was still at its best at the last evaluation ({best}): no overfitting; earns {points}/15"
+    else:
+        why = ("training loss rose too, so this is not overfitting" if g.evals_above and not g.train_still_falling
+               else "not clearly and durably above it")
+        text = (f"eval loss ended at {g.eval_loss:.4g} against its {best}, {why} (a rise must exceed "
+                f"{g.margin:.3g} for two evaluations in a row): no overfitting; earns {points}/15")
+    if g.gap is not None:
+        text += f". The train/eval gap ({_pct(g.gap)}) is shown for reference; a gap alone is not overfitting"
+    return _factor("overfitting", value, text)
 
 
 def _efficiency(r: TrainingResult) -> FactorScore:
@@ -251,11 +283,16 @@ def build_analysis(
         "efficiency": _efficiency(result),
     }
     available = sum(f.max_points for f in factors.values() if f.measured)
-    if available == 0:
+    verdicts = _verdicts(result, factors, findings)
+    learned = verdicts["learned"].answer != "no"
+    if available == 0 and learned:
         raise ValueError("nothing could be measured: the initial loss is not positive and no other factor was logged")
     earned = sum(f.points for f in factors.values() if f.measured)
-    score = round(100.0 * earned / available, 1)
-    suggestions = suggest(result, factors, findings, thresholds, Hyperparameters(result.hyperparameters))
+    score = round(100.0 * earned / available, 1) if available else 0.0
+    if not learned:
+        score = min(score, NOT_LEARNED_SCORE_CAP)
+    concern = _top_concern(verdicts)
+    suggestions = suggest(result, factors, findings, thresholds, Hyperparameters(result.hyperparameters), concern)
     return QualityAnalysis(
         quality_score=score,
         overall_assessment=assessment_for(score),
@@ -264,8 +301,56 @@ def build_analysis(
         metrics_summary=_summary(result, factors, findings),
         events=_events(findings),
         metric_names=dict(metric_names or {}),
+        verdicts=verdicts,
+        top_concern=concern,
         curves=curves,
     )
+
+
+def _verdicts(r: TrainingResult, factors: Mapping[str, FactorScore], f: Findings | None) -> dict[str, Verdict]:
+    """The four readings a user asks for first, each with how sure the analysis is."""
+    if f is None:  # final numbers only: what the caller reported, nothing inferred
+        learned = Verdict("not_measured", "low", "a loss history is needed to tell whether the model learned")
+        converged = _reported(r.convergence_achieved, "convergence")
+        unstable = _reported(None if r.gradient_norm_stable is None else not r.gradient_norm_stable, "instability")
+        gap = factors["overfitting"]
+        overfit = (Verdict("not_measurable", "low", gap.explanation) if not gap.measured
+                   else Verdict("yes" if gap.points < 15 else "no", "low", gap.explanation))
+        return {"learned": learned, "converged": converged, "unstable": unstable, "overfit": overfit}
+    lf, c, s, g = f.learning, f.convergence, f.stability, f.generalization
+    learned = Verdict("yes" if lf.learned else "no", lf.confidence, lf.reason)
+    if c.measured:
+        converged = Verdict("yes" if c.converged else "no", c.confidence, factors["convergence"].explanation)
+    else:
+        converged = Verdict("cannot_tell", "low", c.reason)
+    if s.measured:
+        unstable = Verdict("no" if s.stable else "yes", s.confidence, factors["stability"].explanation)
+    else:
+        unstable = Verdict("not_measured", "low", factors["stability"].explanation)
+    if g.measured:
+        overfit = Verdict("yes" if g.overfitting else "no", g.confidence, factors["overfitting"].explanation)
+    else:
+        overfit = Verdict("not_measurable", "low", g.reason)
+    return {"learned": learned, "converged": converged, "unstable": unstable, "overfit": overfit}
+
+
+def _reported(flag: bool | None, what: str) -> Verdict:
+    if flag is None:
+        return Verdict("not_measured", "low", f"{what} was not reported")
+    return Verdict("yes" if flag else "no", HIGH, f"{what} reported by the caller")
+
+
+def _top_concern(verdicts: Mapping[str, Verdict]) -> str:
+    """The one thing to act on first, most fundamental first (a dead run before a noisy one)."""
+    if verdicts["learned"].answer == "no":
+        return "not_learned"
+    if verdicts["unstable"].answer == "yes":
+        return "unstable"
+    if verdicts["overfit"].answer == "yes":
+        return "overfitting"
+    if verdicts["converged"].answer == "no":
+        return "not_converged"
+    return "none"
 
 
 def _summary(r: TrainingResult, factors: Mapping[str, FactorScore], f: Findings | None) -> dict[str, Any]:
@@ -292,9 +377,11 @@ def _summary(r: TrainingResult, factors: Mapping[str, FactorScore], f: Findings 
             smoothing_window_points=f.endpoints.window,
             logged_points=f.points,
             final_window_change_pct=None if f.convergence.change is None else round(100 * f.convergence.change, 2),
+            loss_noise=f.endpoints.noise,
             best_eval_loss=f.generalization.best_eval_loss,
             best_eval_step=f.generalization.best_step,
             generalization_loss_pct=f.generalization.generalization_loss,
+            train_eval_gap_pct=None if f.generalization.gap is None else round(100 * f.generalization.gap, 2),
             grad_norm_p90=f.stability.grad_norm_p90,
             clipped_fraction=f.stability.clipped_fraction,
         )
@@ -313,4 +400,5 @@ def _events(f: Findings | None) -> dict[str, Any]:
         "loss_spike_steps": list(s.loss_spike_steps),
         "grad_norm_spike_steps": list(s.grad_spike_steps),
         "nonfinite_steps": sorted({*s.nonfinite_loss_steps, *s.nonfinite_grad_steps}),
+        "skipped_steps": list(s.skipped_steps),
     }

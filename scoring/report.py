@@ -15,6 +15,21 @@ FACTOR_TITLES = {
 }
 
 
+VERDICT_QUESTIONS = {
+    "learned": "Did the model learn?",
+    "converged": "Had the training loss converged?",
+    "unstable": "Was training unstable?",
+    "overfit": "Did it overfit (eval loss rising from its best)?",
+}
+CONCERN_WORDS = {
+    "not_learned": "the model did not learn",
+    "unstable": "training was unstable",
+    "overfitting": "overfitting",
+    "not_converged": "not converged: still improving",
+    "none": "none",
+}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -32,6 +47,16 @@ def render_markdown(analysis: QualityAnalysis) -> str:
         f"**{analysis.overall_assessment}**",
         "",
     ]
+    if analysis.verdicts:
+        lines += [f"Top concern: **{CONCERN_WORDS.get(analysis.top_concern, analysis.top_concern)}**.", "",
+                  "## Verdicts", "", "| Question | Answer | Confidence |", "|---|---|---|"]
+        lines += [f"| {VERDICT_QUESTIONS.get(name, name)} | {v.answer.replace('_', ' ')} | {v.confidence} |"
+                  for name, v in analysis.verdicts.items()]
+        learned = analysis.verdicts.get("learned")
+        if learned is not None and learned.answer == "no":
+            lines += ["", f"The model did not learn: {learned.reason}. A run that did not learn is rated Poor "
+                      "whatever its other factors earn."]
+        lines.append("")
     unmeasured = [FACTOR_TITLES[n] for n, f in analysis.factors.items() if not f.measured]
     if unmeasured:
         lines += [f"Not measured (left out of the score, which is rescaled over the rest): {', '.join(unmeasured)}.", ""]

@@ -1,8 +1,10 @@
 """What to change next, derived from the factors and the history's findings.
 
 The advice follows Google's Deep Learning Tuning Playbook and Prechelt's early-stopping rules (see
-``diagnostics.md``); each suggestion names a concrete new value when the run's parameters are known.
-Order: priority (high first), then the order the rules run in below (the most fundamental problem first).
+``docs/scoring.md``); each suggestion names a concrete new value when the run's parameters are known.
+Order: priority (high first), then the order the rules run in below (the most fundamental problem first),
+so the first suggestion always answers the analysis's top concern. Advice never contradicts it: an
+overfitting or dead run is never told to train longer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from .diagnostics import Findings
+from .rules import Findings
 from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult
 from .params import Hyperparameters
 from .thresholds import Thresholds
@@ -25,17 +27,45 @@ def suggest(
     findings: Findings | None,
     thresholds: Thresholds,
     hp: Hyperparameters,
+    concern: str = "none",
 ) -> list[ImprovementSuggestion]:
-    stable = result.gradient_norm_stable is not False
     out: list[ImprovementSuggestion] = []
+    if concern == "not_learned" and findings is not None:
+        out += _not_learned(findings, hp)
     out += _stability(result, findings, thresholds, hp)
-    if stable:  # an unstable run is fixed first: its poor loss reduction follows from the instability
+    out += _overfitting(result, factors, findings, hp)
+    if concern not in ("not_learned", "unstable", "overfitting"):
+        out += _convergence(result, findings, hp)
+    if concern not in ("not_learned", "unstable"):
         out += _underfitting(result, factors, thresholds, hp)
-    out += _convergence(result, findings, hp)
-    out += _overfitting(factors, findings, thresholds, hp)
-    out += _efficiency(result, factors, findings, thresholds, hp, stable)
+        out += _efficiency(result, factors, findings, thresholds, hp)
     out += _unmeasured(factors)
     return sorted(out, key=lambda s: s.priority.rank)
+
+
+def _not_learned(f: Findings, hp: Hyperparameters) -> list[ImprovementSuggestion]:
+    lf = f.learning
+    why = lf.reason[0].upper() + lf.reason[1:]
+    if lf.kind == "collapsed":
+        return [ImprovementSuggestion(
+            Category.UNDERFITTING, Priority.HIGH,
+            f"The model did not learn: {lf.reason}. A collapse like this usually means a learning rate several "
+            "times too high: lower it (and keep warm-up).", **_lr_change(hp, 0.1))]
+    if lf.kind == "broken_end":
+        return [ImprovementSuggestion(
+            Category.STABILITY, Priority.HIGH,
+            f"{why}. Train in bf16 (or fp32) instead of fp16 and lower the learning rate.", **_lr_change(hp, 0.5))]
+    if lf.kind == "constant":
+        return [ImprovementSuggestion(
+            Category.UNDERFITTING, Priority.HIGH,
+            f"The model did not learn: {lf.reason}. A constant loss usually means the labels never reach the "
+            "loss (all masked, e.g. -100) or the trainable parameters are frozen.")]
+    change = _lr_change(hp, 2.0) if lf.kind == "no_drop" else {}
+    return [ImprovementSuggestion(
+        Category.UNDERFITTING, Priority.HIGH,
+        f"The model did not learn: {lf.reason}. Check that the labels are right and reach the model "
+        "(num_labels, the label column), then raise the learning rate or the capacity (LoRA rank, target "
+        "modules); if the loss rose early on, lower the learning rate instead.", **change)]
 
 
 def _lr_change(hp: Hyperparameters, factor: float) -> dict:
@@ -124,7 +154,7 @@ def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters
     capacity = ({"parameter": hp.name_of("lora_r"), "current_value": int(rank), "suggested_value": int(rank) * 2}
                 if rank else {})
     change = capacity or _lr_change(hp, 2.0)
-    classes = hp.number("num_labels")
+    classes = hp.classes()
     chance = ""
     if classes and classes >= 2:
         chance_loss = math.log(classes)
@@ -132,13 +162,13 @@ def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters
                   f"the final loss is {r.final_loss:.3g}.")
     if reduction < t.underfit_reduction:
         return [ImprovementSuggestion(
-            Category.UNDERFITTING, Priority.HIGH,
+            Category.UNDERFITTING, Priority.MEDIUM,
             f"Loss barely moved (fell {reduction:.1%}): the model is not fitting the training data.{chance} "
             "Regularization will not help; raise capacity (LoRA rank, more target modules) or the learning "
             "rate, and check the data and labels.", **change,
         )]
     return [ImprovementSuggestion(
-        Category.UNDERFITTING, Priority.MEDIUM,
+        Category.UNDERFITTING, Priority.LOW,
         f"Loss fell only {reduction:.1%}.{chance} Raise capacity (LoRA rank) or the learning rate.", **change,
     )]
 
@@ -170,33 +200,42 @@ def _convergence(r: TrainingResult, f: Findings | None, hp: Hyperparameters):
     )]
 
 
-def _overfitting(factors, f: Findings | None, t: Thresholds, hp: Hyperparameters):
-    out = []
-    gap = factors["overfitting"].value
-    if gap is not None and gap >= 0.10:
-        dropout = hp.number("lora_dropout")
-        suggested = round((dropout or 0.0) + DEFAULT_LORA_DROPOUT_STEP, 3) if dropout is not None else 0.1
-        out.append(ImprovementSuggestion(
+def _overfitting(r: TrainingResult, factors, f: Findings | None, hp: Hyperparameters):
+    dropout = hp.number("lora_dropout")
+    more_dropout = (hp.name_of("lora_dropout"), dropout,
+                    round((dropout or 0.0) + DEFAULT_LORA_DROPOUT_STEP, 3) if dropout is not None else 0.1)
+    if not r.eval_loss_history:  # final numbers only: the seed's train/eval gap
+        gap = factors["overfitting"].value
+        if gap is None or gap < 0.10:
+            return []
+        return [ImprovementSuggestion(
             Category.OVERFITTING, Priority.HIGH if gap >= 0.30 else Priority.MEDIUM,
             f"Eval loss is {gap:.1%} above the training loss: add regularization (LoRA dropout, weight decay) "
-            "or more training data.", hp.name_of("lora_dropout"), dropout, suggested,
-        ))
+            "or more training data.", *more_dropout,
+        )]
     g = f.generalization if f else None
-    if g and g.generalization_loss is not None and g.generalization_loss > t.generalization_loss_limit:
-        out.append(ImprovementSuggestion(
-            Category.OVERFITTING, Priority.HIGH if not out else Priority.MEDIUM,
-            f"Eval loss ended {g.generalization_loss:.1f}% above its best ({g.best_eval_loss:.4g} at step "
-            f"{g.best_step}): stop early and keep the best checkpoint (load_best_model_at_end=True, "
-            "metric_for_best_model='eval_loss').", "load_best_model_at_end", None, True,
-        ))
-    return out
+    if not (g and g.overfitting):
+        return []
+    return [
+        ImprovementSuggestion(
+            Category.OVERFITTING, Priority.HIGH,
+            f"Eval loss rose from its best ({g.best_eval_loss:.4g} at step {g.best_step}) to {g.eval_loss:.4g} at "
+            f"step {g.eval_step} while training loss kept falling: keep the checkpoint from step {g.best_step} "
+            "(load_best_model_at_end=True, metric_for_best_model='eval_loss') or stop training there.",
+            "load_best_model_at_end", None, True,
+        ),
+        ImprovementSuggestion(
+            Category.OVERFITTING, Priority.MEDIUM,
+            "To overfit later, add regularization (LoRA dropout, weight decay) or more training data.",
+            *more_dropout,
+        ),
+    ]
 
 
-def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, hp: Hyperparameters,
-                stable: bool):
+def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, hp: Hyperparameters):
     out = []
     eff = factors["efficiency"]
-    if eff.measured and eff.points < 10 and stable and factors["loss_reduction"].points >= 20:
+    if eff.measured and eff.points < 10 and factors["loss_reduction"].points >= 20:
         out.append(ImprovementSuggestion(
             Category.EFFICIENCY, Priority.MEDIUM if eff.points <= 3 else Priority.LOW,
             f"Loss fell only {eff.value:.3g} per epoch: a higher learning rate would get there in fewer epochs.",

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import scoring.thresholds
+
 from histories import decaying, flat, frame, good_run, steady_grad
 from scoring import (
     Category,
@@ -121,8 +123,7 @@ def test_a_suggestion_accepts_category_and_priority_by_their_names():
 
 # --- Thresholds ------------------------------------------------------------------------------------------------
 
-FRACTIONS = ["endpoint_window", "convergence_window", "warmup_fraction", "early_best_fraction",
-             "late_best_fraction", "trend_alpha", "extreme_clipping_fraction"]
+FRACTIONS = list(scoring.thresholds.FRACTIONS)
 ALL_THRESHOLDS = [f.name for f in dataclasses.fields(Thresholds)]
 
 

@@ -24,6 +24,8 @@ TAG_ASSESSMENT = "quality.assessment"
 TAG_TOP_SUGGESTION = "quality.top_suggestion"
 TAG_SCHEMA = "quality.schema_version"
 TAG_POINTS_PREFIX = "quality.points."
+TAG_CONCERN = "quality.top_concern"
+TAG_VERDICT_PREFIX = "quality.verdict."  # e.g. quality.verdict.overfit = "yes (high confidence)"
 NOTE_TAG = "mlflow.note.content"
 ARTIFACT_DIR = "quality"
 OWN_METRICS = frozenset({SCORE_METRIC})
@@ -91,6 +93,9 @@ def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis)
         # factor points as tags, so a comparison of many runs reads them in one search, without downloads
         **{f"{TAG_POINTS_PREFIX}{name}": f"{f.points:g}" if f.measured else "n/a"
            for name, f in analysis.factors.items()},
+        TAG_CONCERN: analysis.top_concern,
+        **{f"{TAG_VERDICT_PREFIX}{name}": f"{v.answer} ({v.confidence} confidence)"
+           for name, v in analysis.verdicts.items()},
     }
     client.log_batch(
         run_id,
