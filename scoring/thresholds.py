@@ -21,7 +21,7 @@ class Thresholds:
     # endpoints and "did it learn"
     initial_points: int = _knob(3, "Logs after the first that tell a first-log outlier (the initial loss is then "
                                 "their median with the first).")
-    first_log_outlier: float = _knob(3.0, "A first log above this multiple of the next logs' median is an outlier, "
+    first_log_outlier: float = _knob(5.0, "A first log above this multiple of the next logs' median is an outlier, "
                                      "not the initial loss.")
     endpoint_window: float = _knob(0.05, "Fraction of the logged points whose median is the final loss (at least "
                                    "3, at most half the run).")
@@ -57,7 +57,8 @@ class Thresholds:
                                   "loss's initial level (ignores noise on losses near zero).")
     grad_spike_ratio: float = _knob(2.0, "A gradient-norm spike must rise above the window by this multiple of "
                                     "the run's median gradient norm.")
-    spike_limit: int = _knob(3, "Spikes (loss and gradient norm together) a short run may show and still be stable.")
+    spike_limit: int = _knob(3, "Loss spikes a short run may show and still be stable (gradient-norm spikes are "
+                             "reported, never counted: alone they are batch noise).")
     spike_rate: float = _knob(0.01, "Longer runs may show this fraction of their logged points as spikes.")
     skipped_step_rate: float = _knob(0.01, "Non-finite gradient norms with a finite loss (fp16 skipped steps) "
                                      "allowed, as a fraction of the logged points (at least one).")

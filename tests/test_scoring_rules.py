@@ -215,9 +215,14 @@ def spiky_grad(spike_steps, n=N):
     return with_values(steady_grad(n), spike_steps, 5.0)
 
 
-def test_more_spikes_than_a_run_of_its_length_allows_make_training_unstable():
-    analysis = analyze_history(frame(loss=decaying(N, rate=12.0), grad_norm=spiky_grad([61, 101, 141, 181])))
-    assert analysis.events["grad_norm_spike_steps"] == [61, 101, 141, 181]
+def spiky_loss(spike_steps, n=N):
+    """A healthy decay with loss spikes that recover at once (a bad batch)."""
+    return with_values(decaying(n, rate=12.0), spike_steps, 3.0)
+
+
+def test_more_loss_spikes_than_a_run_of_its_length_allows_make_training_unstable():
+    analysis = analyze_history(frame(loss=spiky_loss([61, 101, 141, 181]), grad_norm=steady_grad(N)))
+    assert analysis.events["loss_spike_steps"] == [61, 101, 141, 181]
     assert analysis.factors["stability"].points == 5
     assert "4 spike(s)" in analysis.factors["stability"].explanation
     assert "3 allowed for a run of this length" in analysis.factors["stability"].explanation
@@ -227,10 +232,18 @@ def test_more_spikes_than_a_run_of_its_length_allows_make_training_unstable():
 def test_the_spikes_allowed_grow_with_the_length_of_the_run():
     n = 2000  # 1% of the logged points: 20 spikes allowed
     spikes = list(range(300, 1900, 200))  # 8 isolated spikes
-    analysis = analyze_history(frame(loss=decaying(n, rate=12.0), grad_norm=spiky_grad(spikes, n=n)))
-    assert analysis.events["grad_norm_spike_steps"] == spikes
+    analysis = analyze_history(frame(loss=spiky_loss(spikes, n=n), grad_norm=steady_grad(n)))
+    assert analysis.events["loss_spike_steps"] == spikes
     assert analysis.factors["stability"].points == 20
     assert "20 allowed" in analysis.factors["stability"].explanation
+
+
+def test_gradient_norm_spikes_with_a_healthy_loss_are_reported_but_not_instability():
+    # Heavy-tailed gradient norms (batch size 1, large models) are common in healthy runs.
+    analysis = analyze_history(frame(loss=decaying(N, rate=12.0), grad_norm=spiky_grad([61, 101, 141, 181])))
+    assert analysis.events["grad_norm_spike_steps"] == [61, 101, 141, 181]
+    assert analysis.verdicts["unstable"].answer == "no"
+    assert analysis.factors["stability"].points == 20
 
 
 def test_one_spike_is_stable_with_a_low_priority_note():
@@ -251,13 +264,6 @@ def test_no_clipping_advice_that_would_loosen_the_clipping_a_run_already_has():
     analysis = analyze_history(frame(loss=decaying(N, rate=12.0), grad_norm=spiky_grad([61])),
                                params={"max_grad_norm": "1.0"})
     assert not suggestions_of(analysis, Category.STABILITY)
-
-
-def test_a_loss_spike_counts_like_a_gradient_norm_spike():
-    loss = with_values(decaying(N, rate=12.0), [81], 3.0)
-    analysis = analyze_history(frame(loss=loss, grad_norm=spiky_grad([61, 141, 181])))
-    assert analysis.events["loss_spike_steps"] == [81]
-    assert analysis.factors["stability"].points == 5
 
 
 # --- stability advice: warm-up, clip threshold, extreme clipping -------------------------------------------------

@@ -168,6 +168,10 @@ def _print_summary(run_id: str, analysis, written: bool = True) -> None:
     for name, factor in analysis.factors.items():
         points = f"{factor.points:g}/{factor.max_points}" if factor.measured else "n/a"
         click.echo(f"  {name:<15} {points:>6}  {factor.explanation}")
+    if analysis.verdicts:
+        verdicts = ", ".join(f"{name} {v.answer.replace('_', ' ')} ({v.confidence})"
+                             for name, v in analysis.verdicts.items())
+        click.echo(f"Verdicts: {verdicts}. Top concern: {analysis.top_concern.replace('_', ' ')}.")
     if analysis.suggestions:
         click.echo("Suggestions:")
         for s in analysis.suggestions[:5]:
