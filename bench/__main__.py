@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     if repo not in sys.path:
         sys.path.insert(0, repo)
     names = benchmarks()
-    wanted = [name.removeprefix("bench.").removesuffix(".py") for name in
-              (sys.argv[1:] if argv is None else argv)]
+    # Options (words starting with '-') go to the benchmarks that take them, e.g. `real-runs --write`.
+    wanted = [name.removeprefix("bench.").removesuffix(".py").replace("-", "_") for name in
+              (sys.argv[1:] if argv is None else argv) if not name.startswith("-")]
     unknown = [name for name in wanted if name not in names]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; the benchmarks are: {', '.join(names)}",
