@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from histories import decaying
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from histories import decaying
 from notify import (
     EVAL_RISING,
     LOSS_SPIKE,

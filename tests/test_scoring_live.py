@@ -14,15 +14,15 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
-
 from histories import decaying
+
 from scoring import Alert, LiveRules, Thresholds
 from scoring.rules import endpoints, eval_rise, stability
 
 # The spike and eval thresholds these tests reason with (the defaults at the time of writing, pinned).
-SPIKES = dict(spike_window=20, spike_zscore=6.0, spike_min_rise=0.10)
-EVALS = dict(min_eval_points=3, eval_noise_multiple=2.0, eval_share_of_fall=0.10, eval_min_rise=0.02,
-             eval_patience=2)
+SPIKES = {"spike_window": 20, "spike_zscore": 6.0, "spike_min_rise": 0.10}
+EVALS = {"min_eval_points": 3, "eval_noise_multiple": 2.0, "eval_share_of_fall": 0.10, "eval_min_rise": 0.02,
+         "eval_patience": 2}
 T = Thresholds(**SPIKES, **EVALS, skipped_step_rate=0.01)
 
 
