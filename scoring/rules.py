@@ -95,12 +95,7 @@ def endpoints(loss: pd.Series, thresholds: Thresholds) -> Endpoints:
     values = values_series.to_numpy(dtype=float)
     k = endpoint_window(len(values), thresholds)
     noise = noise_sd(values)
-    # The start is the first log (the Trainer averages it over the first logging steps), unless it is a
-    # first-log outlier: far above the next few logs. A loss that falls fast right away is not an outlier.
-    initial = float(values[0])
-    following = values[1: 1 + thresholds.initial_points]
-    if len(following) and initial > thresholds.first_log_outlier * max(float(np.median(following)), 0.0):
-        initial = float(np.median(values[: 1 + thresholds.initial_points]))
+    initial = initial_loss(values, thresholds)
     return Endpoints(
         initial_raw=float(values[0]),
         final_raw=float(values[-1]),
@@ -111,6 +106,16 @@ def endpoints(loss: pd.Series, thresholds: Thresholds) -> Endpoints:
         last_step=int(values_series.index[-1]),
         noise=noise,
     )
+
+
+def initial_loss(values: np.ndarray, thresholds: Thresholds) -> float:
+    """The start is the first log (the Trainer averages it over the first logging steps), unless it is a
+    first-log outlier: far above the next few logs. A loss that falls fast right away is not an outlier."""
+    initial = float(values[0])
+    following = values[1: 1 + thresholds.initial_points]
+    if len(following) and initial > thresholds.first_log_outlier * max(float(np.median(following)), 0.0):
+        initial = float(np.median(values[: 1 + thresholds.initial_points]))
+    return initial
 
 
 @dataclass(frozen=True)
@@ -615,7 +620,7 @@ class LiveRules:
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         self.thresholds = thresholds or Thresholds()
         self._losses: list[float] = []
-        self._initial: float | None = None
+        self._first: list[float] = []  # the first losses, for the initial loss
         self._evals: list[tuple[int, float]] = []
         self._skipped = 0
         self._grad_points = 0
@@ -649,12 +654,12 @@ class LiveRules:
         t = self.thresholds
         window = self._losses[-t.spike_window:]
         self._losses = window + [loss]
-        if self._initial is None:
-            self._initial = loss
+        if len(self._first) <= t.initial_points:
+            self._first.append(loss)  # the start, read as the post-run analysis reads it
         if len(window) < t.spike_window:
             return []
         if not spike_mask(np.array(self._losses), t.spike_window, t.spike_zscore,
-                          spike_floor(self._initial, t))[-1]:
+                          spike_floor(initial_loss(np.array(self._first), t), t))[-1]:
             return []
         centre = float(np.median(window))
         return [Alert("loss_spike", step, f"Loss spiked to {_show(loss)} at step {step}, far above the median of "
