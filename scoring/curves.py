@@ -2,7 +2,7 @@
 
 A history is a DataFrame with columns ``key, step, value`` (one row per logged point, as MLflow's
 ``get_metric_history`` gives them, whatever library logged them). Names follow the conventions of
-``diagnostics.md`` section 3 and can be overridden per role.
+docs/scoring.md ("Metric names") and can be overridden per role.
 """
 
 from __future__ import annotations

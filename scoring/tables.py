@@ -1,6 +1,6 @@
 """The product's five-factor scoring tables, as data.
 
-These numbers are fixed by the product specification (see ``diagnostics.md`` section 1) and pinned by
+These numbers are fixed by the product specification (see docs/scoring.md, "The score") and pinned by
 tests; change them there first. Each table lists ``(threshold, points)`` rows, checked in order; the
 first row whose comparison holds wins, otherwise ``default`` applies.
 """

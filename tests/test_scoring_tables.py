@@ -1,4 +1,4 @@
-"""The product's five-factor score (diagnostics.md section 1), pinned at every boundary through the public API.
+"""The product's five-factor score (docs/scoring.md, "The score"), pinned at every boundary through the public API.
 
 Inputs are chosen so the float arithmetic lands exactly on a boundary; each case asserts the factor's
 computed value too, so a case that silently missed its boundary would fail instead of passing vacuously.
