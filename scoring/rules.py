@@ -335,10 +335,6 @@ class StabilityFinding:
     def spike_count(self) -> int:
         return len(self.loss_spike_steps) + len(self.grad_spike_steps)
 
-    @property
-    def too_many_spikes(self) -> bool:
-        return len(self.loss_spike_steps) > self.spike_limit
-
 
 def _nonfinite_steps(series: pd.Series | None) -> tuple[int, ...]:
     if series is None:

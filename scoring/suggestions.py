@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from .rules import Findings
+from .rules import Findings, chance_loss
 from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult
 from .params import Hyperparameters
 from .thresholds import Thresholds
@@ -156,9 +156,8 @@ def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters
     change = capacity or _lr_change(hp, 2.0)
     classes = hp.classes()
     chance = ""
-    if classes and classes >= 2:
-        chance_loss = math.log(classes)
-        chance = (f" For {int(classes)} classes, chance-level loss is ln {int(classes)} = {chance_loss:.3g}; "
+    if (level := chance_loss(classes)) is not None:
+        chance = (f" For {int(classes)} classes, chance-level loss is ln {int(classes)} = {level:.3g}; "
                   f"the final loss is {r.final_loss:.3g}.")
     if reduction < t.underfit_reduction:
         return [ImprovementSuggestion(
