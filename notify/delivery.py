@@ -1,8 +1,9 @@
 """Delivering notifications without ever blocking or breaking the training loop.
 
-``Notifier.send(event)`` only puts the event on a bounded queue and returns. One daemon worker thread
-takes events in order, calls the registered Python callbacks, and sends the event to each channel that
-routes it (``Channels.targets``) separately, so every channel has its own outcome:
+``Notifier.send(event)`` only puts the event on a bounded queue and returns. A daemon dispatcher thread
+takes events in order, calls the registered Python callbacks, and hands the event to every channel that
+routes it (``Channels.targets``). Each channel has its own queue and its own daemon thread, so a slow or
+broken channel delays only itself, never another channel, and every channel has its own outcome:
 
 * each attempt runs on a helper daemon thread and is abandoned after ``send_timeout`` seconds (a desktop
   service without a notification daemon can hang forever); a timed-out attempt is not retried, since it
@@ -13,12 +14,15 @@ routes it (``Channels.targets``) separately, so every channel has its own outcom
   spaces consecutive events to one service);
 * a failure is logged (WARNING, redacted URL) and recorded, never raised.
 
-When the queue is full the oldest progress event is dropped (then start, then warning; errors and the
+When a queue is full the oldest progress event is dropped (then start, then warning; errors and the
 completion last) and recorded as dropped. ``close()`` (also run at interpreter exit) delivers what is
-queued within ``flush_timeout`` seconds and records what it could not.
+queued within ``flush_timeout`` seconds, every channel at once, and records what it could not. A channel
+that is failing or rate-limited then sends its most important events first (errors and the completion
+before any older progress event); a quick one keeps the order the events were sent in.
 
 ``records`` keep one dict per event: ``event`` (its ``to_dict()``), ``time`` (ISO 8601, UTC),
-``attachments``, ``dropped`` and ``deliveries``, one per channel:
+``attachments``, ``dropped`` (no channel ever got to try it) and ``deliveries``, one per channel, in the
+order of the channels:
 ``{"channel": <redacted url>, "ok": bool, "attempts": int, "error": str | None, "seconds": float}``, plus
 ``"dropped": true`` on those never attempted. ``write_jsonl`` writes them as the run's
 ``notifications/events.jsonl``. Nothing recorded or logged carries a password or token from a URL.
@@ -92,13 +96,14 @@ class Notifier:
         self.flush_timeout = float(flush_timeout)
         self.max_queue = max_queue
         self._callbacks: list[Callback] = []
-        self._lock = threading.Condition()
-        self._queue: deque[_Pending] = deque()
+        self._lock = threading.Condition()  # guards every queue, record and flag below
+        self._queue: deque[_Pending] = deque()  # waiting for the dispatcher
         self._records: list[_Pending] = []
-        self._current: _Pending | None = None
+        self._current: _Pending | None = None  # with the dispatcher (its callbacks are running)
+        self._lanes: dict[int, _Lane] = {}  # id(service) -> that channel's queue and thread
         self._closed = False
-        self._stop = threading.Event()  # set when close() gives up: the worker ends, waits end early
-        self._worker = threading.Thread(target=self._run, name="notify-delivery", daemon=True)
+        self._stop = threading.Event()  # set when close() gives up: the threads end, waits end early
+        self._worker = threading.Thread(target=self._dispatch, name="notify-delivery", daemon=True)
         self._worker.start()
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
@@ -113,24 +118,20 @@ class Notifier:
         """
         if not isinstance(event, NotificationEvent):
             raise ValueError(f"event must be a NotificationEvent, got {type(event).__name__}")
-        pending = _Pending(event, tuple(os.fspath(path) for path in attachments))
+        pending = _Pending(event, tuple(os.fspath(path) for path in attachments), self.channels)
         with self._lock:
             self._records.append(pending)
             if self._closed:
                 self._drop(pending, "not sent: the notifier was closed")
                 return False
-            self._queue.append(pending)
-            if len(self._queue) > self.max_queue:
-                victim = min(self._queue, key=lambda p: DROP_ORDER[p.event.event_type])
-                self._queue.remove(victim)
+            victim = _push(self._queue, pending, self.max_queue)
+            if victim is not None:
                 self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
-                if victim is pending:
-                    return False
             self._lock.notify_all()
-        return True
+        return victim is not pending
 
     def add_callback(self, fn: Callback) -> Callback:
-        """Calls ``fn(event)`` on the worker thread for every event it takes, before the channels.
+        """Calls ``fn(event)`` on the dispatcher thread for every event it takes, before the channels.
 
         Keep it quick: the channels wait for it. Exceptions in ``fn`` are logged, never raised. Events
         dropped from a full queue or sent after ``close()`` never reach it. Returns ``fn``, so it works as
@@ -147,7 +148,8 @@ class Notifier:
     def close(self, timeout: float | None = None) -> None:
         """Delivers what is queued within ``timeout`` (default ``flush_timeout``) seconds, then stops.
 
-        Safe to call twice. Whatever is still undelivered then is recorded as not sent.
+        Every channel delivers at the same time; a slow one its most important events first. Safe to call twice.
+        Whatever is still undelivered then is recorded as not sent.
         """
         timeout = self.flush_timeout if timeout is None else max(float(timeout), 0.0)
         if threading.current_thread() is self._worker:  # from a callback: the worker cannot wait for itself
@@ -156,7 +158,7 @@ class Notifier:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-            while self._queue or self._current is not None:
+            while self._busy():
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     break
@@ -167,7 +169,12 @@ class Notifier:
             while self._queue:
                 self._drop(self._queue.popleft(), f"not sent: {gave_up}")
             if self._current is not None:
-                self._current.seal(self.channels, f"unknown: still sending when {gave_up}")
+                self._current.seal(f"not sent: {gave_up}")
+            for lane in self._lanes.values():
+                while lane.queue:
+                    lane.queue.popleft().seal(f"not sent: {gave_up}", lane.service)
+                if lane.current is not None:
+                    lane.current.seal(f"unknown: still sending when {gave_up}", lane.service)
         atexit.unregister(self._at_exit)
 
     # --- what happened -----------------------------------------------------------------------------
@@ -176,7 +183,7 @@ class Notifier:
     def records(self) -> list[dict[str, Any]]:
         """One dict per event sent, in order (a copy: later outcomes do not change it)."""
         with self._lock:
-            return [json.loads(json.dumps(pending.record)) for pending in self._records]
+            return [json.loads(json.dumps(pending.record())) for pending in self._records]
 
     def write_jsonl(self, path: str | os.PathLike[str]) -> None:
         """Writes ``records`` to ``path``, one JSON object per line (UTF-8)."""
@@ -190,9 +197,12 @@ class Notifier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- the worker --------------------------------------------------------------------------------
+    # --- the dispatcher: callbacks, then a hand-over to each channel's lane -------------------------
 
-    def _run(self) -> None:
+    def _busy(self) -> bool:
+        return bool(self._queue or self._current is not None or any(lane.busy for lane in self._lanes.values()))
+
+    def _dispatch(self) -> None:
         while True:
             with self._lock:
                 while not self._queue and not self._closed and not self._stop.is_set():
@@ -201,29 +211,70 @@ class Notifier:
                     return
                 pending = self._current = self._queue.popleft()
             try:
-                self._deliver(pending)
-            except Exception:  # a bug here must not kill the worker or reach training
-                logger.exception("notify: delivering %r failed unexpectedly", pending.event.title)
+                self._run_callbacks(pending.event)
+                with self._lock:
+                    if not self._stop.is_set():
+                        for service in pending.targets:
+                            self._hand_over(pending, service)
+            except Exception:  # a bug here must not kill the dispatcher or reach training
+                logger.exception("notify: dispatching %r failed unexpectedly", pending.event.title)
             finally:
                 with self._lock:
                     self._current = None
                     self._lock.notify_all()
 
-    def _deliver(self, pending: _Pending) -> None:
+    def _run_callbacks(self, event: NotificationEvent) -> None:
         with self._lock:
             callbacks = list(self._callbacks)
         for fn in callbacks:
             try:
-                fn(pending.event)
+                fn(event)
             except Exception:
                 logger.warning("notify: notification callback %r raised; ignored", fn, exc_info=True)
-        attachments = _existing(pending.attachments)
-        for service in self.channels.targets(pending.event.event_type):
-            if self._stop.is_set():
-                return
-            delivery = self._deliver_to(service, pending.event, attachments)
+
+    def _hand_over(self, pending: _Pending, service: Any) -> None:
+        """Queues ``pending`` for one channel (the lock is held); a full lane drops as ``send`` does."""
+        lane = self._lanes.get(id(service))
+        if lane is None:
+            lane = self._lanes[id(service)] = _Lane(service)
+            threading.Thread(
+                target=self._run_lane, args=(lane,), name=f"notify-channel-{len(self._lanes)}", daemon=True
+            ).start()
+        victim = _push(lane.queue, pending, self.max_queue)
+        if victim is not None:
+            reason = f"dropped: more than {self.max_queue} notifications were waiting for this channel"
+            victim.seal(reason, service)
+            logger.warning("notify: %r %s (%s)", victim.event.title, reason, self.channels.redacted_url(service))
+
+    # --- one channel's lane ------------------------------------------------------------------------
+
+    def _run_lane(self, lane: _Lane) -> None:
+        while True:
             with self._lock:
-                pending.add(delivery)
+                while not lane.queue and not self._closed and not self._stop.is_set():
+                    self._lock.wait()
+                dispatching = self._queue or self._current is not None
+                if self._stop.is_set() or (not lane.queue and not dispatching):
+                    return
+                if not lane.queue:  # closing, and the dispatcher may still hand this lane an event
+                    self._lock.wait()
+                    continue
+                # Closing on a slow channel: the most important event first, so that a completion never
+                # waits behind older progress; a quick channel keeps the order the events were sent in.
+                pending = _most_important(lane.queue) if self._closed and lane.slow else lane.queue[0]
+                lane.queue.remove(pending)
+                lane.current = pending
+            try:
+                delivery = self._deliver_to(lane.service, pending.event, _existing(pending.attachments))
+                with self._lock:
+                    pending.add(lane.service, delivery)
+                    lane.failing = not delivery["ok"]
+            except Exception:  # a bug here must not kill the lane or reach training
+                logger.exception("notify: delivering %r failed unexpectedly", pending.event.title)
+            finally:
+                with self._lock:
+                    lane.current = None
+                    self._lock.notify_all()
 
     def _deliver_to(self, service: Any, event: NotificationEvent, attachments: Sequence[str]) -> dict[str, Any]:
         channel = self.channels.redacted_url(service)
@@ -250,9 +301,43 @@ class Notifier:
         return _delivery(channel, ok, attempts, error, time.monotonic() - start)
 
     def _drop(self, pending: _Pending, reason: str) -> None:
-        pending.record["dropped"] = True
-        pending.seal(self.channels, reason)
+        """``pending`` reaches no channel (the lock is held)."""
+        pending.seal(reason)
         logger.warning("notify: %r %s", pending.event.title, reason)
+
+
+class _Lane:
+    """One channel's queue of events and the one it is sending; its thread is ``Notifier._run_lane``."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.queue: deque[_Pending] = deque()
+        self.current: _Pending | None = None
+        self.failing = False  # its last attempt failed or timed out
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or self.current is not None
+
+    @property
+    def slow(self) -> bool:
+        """Failing, or rate-limited by apprise (email waits seconds between messages)."""
+        return self.failing or (getattr(self.service, "request_rate_per_sec", 0) or 0) > 0
+
+
+def _push(queue: deque[_Pending], pending: _Pending, limit: int) -> _Pending | None:
+    """Appends ``pending``; past ``limit`` returns the event that gives way (already removed), else None."""
+    queue.append(pending)
+    if len(queue) <= limit:
+        return None
+    victim = min(queue, key=lambda p: DROP_ORDER[p.event.event_type])
+    queue.remove(victim)
+    return victim
+
+
+def _most_important(queue: deque[_Pending]) -> _Pending:
+    """The queued event to send first when time is short: the highest ``DROP_ORDER``, the oldest of ties."""
+    return max(queue, key=lambda p: DROP_ORDER[p.event.event_type])
 
 
 def test_channels(channels: Channels, timeout: float = 10.0) -> list[tuple[str, bool, str | None]]:
@@ -316,33 +401,41 @@ def _notify(service: Any, message: dict[str, Any], attachments: Sequence[str]) -
 
 
 class _Pending:
-    """An event on its way, and its record; ``seal`` fills in the channels it will never reach."""
+    """An event on its way and what became of it on each channel that routes it."""
 
-    def __init__(self, event: NotificationEvent, attachments: tuple[str, ...]) -> None:
+    def __init__(self, event: NotificationEvent, attachments: tuple[str, ...], channels: Channels) -> None:
         self.event = event
         self.attachments = attachments
-        self.sealed = False
-        self.record: dict[str, Any] = {
-            "event": event.to_dict(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "attachments": list(attachments),
-            "dropped": False,
-            "deliveries": [],
+        self.targets = channels.targets(event.event_type)
+        self._channels = channels
+        self._time = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        self._deliveries: dict[int, dict[str, Any]] = {}  # id(service) -> its outcome
+        self._dropped = False
+
+    def add(self, service: Any, delivery: dict[str, Any]) -> None:
+        """The outcome on one channel; the first one said stands (a late answer after close is ignored)."""
+        self._deliveries.setdefault(id(service), delivery)
+
+    def seal(self, reason: str, service: Any | None = None) -> None:
+        """Records ``reason`` for one channel (or, with no service, for the whole event) never tried."""
+        if service is None:
+            self._dropped = True
+        for target in self.targets if service is None else [service]:
+            channel = self._channels.redacted_url(target)
+            self.add(target, _delivery(channel, False, 0, reason, 0.0, dropped=True))
+
+    def record(self) -> dict[str, Any]:
+        deliveries = [self._deliveries[id(s)] for s in self.targets if id(s) in self._deliveries]
+        never_tried = bool(deliveries) and len(deliveries) == len(self.targets) and all(
+            d.get("dropped") for d in deliveries
+        )
+        return {
+            "event": self.event.to_dict(),
+            "time": self._time,
+            "attachments": list(self.attachments),
+            "dropped": self._dropped or never_tried,
+            "deliveries": deliveries,
         }
-
-    def add(self, delivery: dict[str, Any]) -> None:
-        if not self.sealed:
-            self.record["deliveries"].append(delivery)
-
-    def seal(self, channels: Channels, reason: str) -> None:
-        if self.sealed:
-            return
-        done = {delivery["channel"] for delivery in self.record["deliveries"]}
-        for service in channels.targets(self.event.event_type):
-            channel = channels.redacted_url(service)
-            if channel not in done:
-                self.record["deliveries"].append(_delivery(channel, False, 0, reason, 0.0, dropped=True))
-        self.sealed = True
 
 
 def _delivery(

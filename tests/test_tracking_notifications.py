@@ -100,8 +100,9 @@ def test_broken_channels_never_break_training(tracking_uri, tmp_path):
         mail = smtp.url("trainer", SECRET, "me@example.com", "bot@example.com")
         config = _config(tmp_path, f"{slow.url()} {failing.url()} {refused} {mail}")
         notifier = Notifier(load_channels(config.notify), send_timeout=1.0, retries=1, backoff=0.1, flush_timeout=5.0)
-        # the mail server goes away in the middle of the run, just before the halfway message is sent
-        notifier.add_callback(lambda event: smtp.close() if event.milestone == 50 else None)
+        # the mail server goes away in the middle of the run, once it has the start and 25% messages
+        # (each channel sends on its own thread; apprise spaces emails 5.5 s apart) and before the halfway one
+        notifier.add_callback(lambda event: (smtp.wait_for(2, timeout=30), smtp.close()) if event.milestone == 50 else None)
         started = time.monotonic()
         result = run_training(config, notifier=notifier, channel_count=4)
         elapsed = time.monotonic() - started
