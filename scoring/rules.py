@@ -463,8 +463,12 @@ def eval_rise(evals: np.ndarray, thresholds: Thresholds) -> EvalRise:
     best, last = float(values[best_index]), float(values[-1])
     fell = max(float(values[0]) - best, 0.0)
     noise = noise_sd(values) if len(values) >= 4 else 0.0
-    margin = max(thresholds.eval_noise_multiple * noise, thresholds.eval_share_of_fall * fell,
-                 thresholds.eval_min_rise * abs(best))
+    # The lowest of n noisy evals at one level lies about sqrt(2 ln n) noise below that level, so a flat
+    # eval loss sits that far above its "best" by chance alone. n counts the evals within reach of the
+    # best (many on a flat curve, one or two at the bottom of a U), and the margin adds that distance.
+    near_best = int(np.sum(values <= best + thresholds.eval_noise_multiple * noise))
+    noise_multiple = thresholds.eval_noise_multiple + math.sqrt(2 * math.log(max(near_best, 1)))
+    margin = max(noise_multiple * noise, thresholds.eval_share_of_fall * fell, thresholds.eval_min_rise * abs(best))
     above = values[best_index + 1:] > best + margin
     run = 0
     for flag in above[::-1]:
@@ -610,11 +614,13 @@ class LiveRules:
     """The post-run rules applied one Trainer log entry at a time, for warnings while a run trains.
 
     Keeps the last `spike_window` losses, every eval loss and the count of non-finite gradient norms;
-    ``observe`` costs O(spike_window) for a loss and O(evaluations) for an eval loss.
+    ``observe`` costs O(spike_window) for a loss and O(evaluations) for an eval loss. Given the run's
+    ``total_steps``, loss spikes in its first `warmup_fraction` are not alerts, as the report ignores them.
     """
 
-    def __init__(self, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, thresholds: Thresholds | None = None, total_steps: int | None = None) -> None:
         self.thresholds = thresholds or Thresholds()
+        self._warmup_end = self.thresholds.warmup_fraction * total_steps if total_steps else 0.0
         self._losses: list[float] = []
         self._first: list[float] = []  # the first losses, for the initial loss
         self._evals: list[tuple[int, float]] = []
@@ -631,14 +637,15 @@ class LiveRules:
         grad_broken = grad_norm is not None and not math.isfinite(grad_norm)
         if loss_broken or (grad_broken and loss == 0.0):
             alerts.append(Alert("nonfinite", step, _nonfinite_lead(step, loss, grad_norm)))
-        elif grad_broken:
-            self._skipped += 1
-            if self._skipped > max(1, int(self._grad_points * t.skipped_step_rate)):
-                alerts.append(Alert("nonfinite", step, f"Gradient norm is {_show(grad_norm)} at step {step} "
-                                    f"({self._skipped} non-finite gradient norms so far; one alone is a step fp16 "
-                                    "loss scaling skipped, repeated ones are not)."))
-        elif loss is not None:
-            alerts += self._loss(step, loss)
+        else:
+            if grad_broken:
+                self._skipped += 1
+                if self._skipped > max(1, int(self._grad_points * t.skipped_step_rate)):
+                    alerts.append(Alert("nonfinite", step, f"Gradient norm is {_show(grad_norm)} at step {step} "
+                                        f"({self._skipped} non-finite gradient norms so far; one alone is a step "
+                                        "fp16 loss scaling skipped, repeated ones are not)."))
+            if loss is not None:  # a finite loss beside a skipped step is still read for spikes
+                alerts += self._loss(step, loss)
         if eval_loss is not None:
             if not math.isfinite(eval_loss):
                 alerts.append(Alert("nonfinite", step, f"Eval loss is {_show(eval_loss)} at step {step}."))
@@ -652,7 +659,7 @@ class LiveRules:
         self._losses = window + [loss]
         if len(self._first) <= t.initial_points:
             self._first.append(loss)  # the start, read as the post-run analysis reads it
-        if len(window) < t.spike_window:
+        if len(window) < t.spike_window or step <= self._warmup_end:
             return []
         if not spike_mask(np.array(self._losses), t.spike_window, t.spike_zscore,
                           spike_floor(initial_loss(np.array(self._first), t), t))[-1]:

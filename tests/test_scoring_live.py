@@ -324,6 +324,25 @@ def test_live_spike_alerts_agree_with_the_post_run_analysis(seed):
 
 
 @pytest.mark.parametrize("seed", range(6))
+def test_live_and_post_run_agree_on_spikes_in_warm_up_and_beside_a_skipped_step(seed):
+    """Spikes in the warm-up are ignored by both; a spike logged with a lone non-finite gradient norm (a
+    step fp16 loss scaling skipped) is read by both."""
+    rng = np.random.default_rng(200 + seed)
+    n = 300
+    losses = curve(n, noise=0.03, seed=seed)
+    warm_up_spike, skipped_spike, later_spike = int(rng.integers(21, 31)), int(rng.integers(60, 150)), 200
+    for step in (warm_up_spike, skipped_spike, later_spike):
+        losses[step - 1] += 3.0
+    grads = [math.inf if step == skipped_spike else 1.0 for step in range(1, n + 1)]
+    rules = LiveRules(T, total_steps=n)
+    live = [(a.kind, a.step) for step, (loss, g) in enumerate(zip(losses, grads), 1)
+            for a in rules.observe(step, {"loss": loss, "grad_norm": g})]
+    index = pd.Index(range(1, n + 1))
+    loss, grad = pd.Series(losses, index=index), pd.Series(grads, index=index)
+    post = stability(loss, grad, endpoints(loss, T), T).loss_spike_steps
+    assert live == [("loss_spike", skipped_spike), ("loss_spike", later_spike)]
+    assert list(post) == [skipped_spike, later_spike]
+@pytest.mark.parametrize("seed", range(6))
 def test_the_live_eval_alert_fires_exactly_when_eval_rise_says_rising(seed):
     evals = eval_curve(30, best_at=12, fall=0.8, rise_per_eval=0.02, noise=0.01, seed=seed)
     rules = LiveRules(T)

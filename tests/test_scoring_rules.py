@@ -29,6 +29,8 @@ from scoring import (
     analyze_training_quality,
 )
 from scoring.models import format_value
+from scoring.rules import eval_rise
+from scoring.thresholds import Thresholds
 
 N = 200
 
@@ -401,6 +403,23 @@ def test_an_eval_loss_wiggling_near_zero_is_not_overfitting():
     analysis = analyze_history(frame(loss=loss, eval_loss=(loss[0][19::20], evals)))
     assert analysis.verdicts["overfit"].answer == "no"
     assert analysis.factors["overfitting"].points == 15
+
+
+def test_a_flat_noisy_eval_loss_is_rarely_called_rising_and_a_clear_u_turn_usually_is():
+    """The lowest of many noisy evals at one level lies well below that level by chance; a rule that
+    measured the rise from that low point called flat eval losses rising in 15% of such runs."""
+    rng = np.random.default_rng(7)
+    thresholds = Thresholds()
+    flat_called, u_called = 0, 0
+    for _ in range(200):
+        n, noise = int(rng.integers(6, 40)), float(rng.choice([0.002, 0.01, 0.03]))
+        x = np.arange(n)
+        level = 1.0 + 0.5 * np.exp(-x / 2)
+        flat_called += eval_rise(1.0 + rng.normal(0, noise, n), thresholds).rising
+        u_turn = level + np.where(x > n // 3, 0.02 * (x - n // 3), 0.0)
+        u_called += eval_rise(u_turn + rng.normal(0, noise / 3, n), thresholds).rising
+    assert flat_called <= 0.05 * 200
+    assert u_called >= 0.75 * 200
 
 
 # --- underfitting ---------------------------------------------------------------------------------------------

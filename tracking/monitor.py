@@ -66,7 +66,7 @@ class TrainingMonitor:
     ):
         self.notifier = notifier
         self.manager = NotificationManager(total_steps, already_sent=tuple(already_sent), start_step=start_step)
-        self.watch = TrainingWatch(rules=LiveRules(), already_warned=tuple(already_warned))
+        self.watch = TrainingWatch(rules=LiveRules(total_steps=total_steps), already_warned=tuple(already_warned))
         self.params = dict(params or {})
         self.provisional_scores = provisional_scores
         self.history: list[tuple[str, int, float]] = []  # (key, step, value): what analyze_history reads
