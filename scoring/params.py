@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": ("learning_rate", "lr"),
@@ -23,6 +23,48 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "warmup_steps": ("warmup_steps",),
     "num_labels": ("num_labels",),
 }
+
+
+KNOB_OF: dict[str, str] = {alias: knob for knob, aliases in ALIASES.items() for alias in aliases}
+
+
+def _whole(x: float) -> bool:
+    return float(x).is_integer()
+
+
+# The values each knob accepts (Hugging Face's TrainingArguments, peft's LoraConfig, our MLproject): a suggested
+# value must lie inside, as shown to the user and as stored.
+VALID: dict[str, Callable[[float], bool]] = {
+    "learning_rate": lambda x: x > 0,
+    "epochs": lambda x: x > 0,
+    "max_steps": lambda x: x >= 1 and _whole(x),
+    "lora_r": lambda x: x >= 1 and _whole(x),
+    "lora_alpha": lambda x: x >= 1 and _whole(x),
+    "lora_dropout": lambda x: 0 <= x < 1,
+    "weight_decay": lambda x: x >= 0,
+    "max_grad_norm": lambda x: x > 0,
+    "warmup_ratio": lambda x: 0 <= x <= 1,
+    "warmup_steps": lambda x: x >= 0 and _whole(x),
+    "num_labels": lambda x: x >= 1 and _whole(x),
+}
+
+
+def knob_of(name: str) -> str:
+    """The knob a param name stands for (``num_train_epochs`` -> ``epochs``); unknown names stand for themselves."""
+    return KNOB_OF.get(name, name)
+
+
+def is_valid(knob: str, value: Any) -> bool:
+    """Whether ``value`` is a value ``knob`` accepts. Booleans suit only flags (knobs without a numeric range);
+    numbers must be finite and inside the knob's range."""
+    knob = knob_of(knob)
+    if isinstance(value, bool):
+        return knob not in VALID
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return knob not in VALID
+    return math.isfinite(number) and VALID.get(knob, lambda x: True)(number)
 
 
 class Hyperparameters:

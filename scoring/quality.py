@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from .curves import Curves, curves_from_history
@@ -25,6 +26,7 @@ from .params import Hyperparameters
 from .rules import HIGH, Findings, diagnose
 from .tables import TABLES, assessment_for
 from .thresholds import Thresholds
+from .wording import moved, pct as _pct, span
 
 # A run that did not learn is never Good or Excellent, whatever its other factors earn: the score stops here.
 NOT_LEARNED_SCORE_CAP = 49.0
@@ -107,19 +109,25 @@ def _first_known(given, derived):
 
 
 def _epochs(curves: Curves, hp: Hyperparameters) -> float | None:
+    """The epochs the run trained, as Hugging Face records them.
+
+    The logged ``epoch`` metric wins: its last value (by step) is the epochs actually trained, also when a
+    run stopped before its planned ``num_train_epochs``, and the only measure when ``max_steps`` > 0 set the
+    length. Without it, the planned ``epochs`` / ``num_train_epochs`` param counts only when ``max_steps``
+    is unset or not positive (the Trainer logs -1 when training by epochs); a positive ``max_steps``
+    overrides the epochs, and how many epochs those steps cover is then unknown.
+    """
     if curves.epoch is not None:
-        finite = curves.epoch[curves.epoch.notna() & (curves.epoch > 0) & (curves.epoch < float("inf"))]
-        if len(finite):
-            return float(finite.max())
-    epochs = hp.number("epochs")
-    return epochs if epochs and epochs > 0 and not hp.number("max_steps") else None
+        trained = curves.epoch[np.isfinite(curves.epoch) & (curves.epoch > 0)]
+        if len(trained):
+            return float(trained.iloc[-1])
+    epochs, max_steps = hp.number("epochs"), hp.number("max_steps")
+    if epochs is None or epochs <= 0 or (max_steps is not None and max_steps > 0):
+        return None
+    return epochs
 
 
 # --- the five factors --------------------------------------------------------------------------------
-
-
-def _pct(x: float) -> str:
-    return f"{x * 100:.1f}%"
 
 
 def _factor(name: str, value: float | None, explanation: str, measured: bool = True) -> FactorScore:
@@ -157,20 +165,21 @@ def _convergence(r: TrainingResult, f: Findings | None) -> FactorScore:
     if c is None or not c.measured or c.converged != r.convergence_achieved:
         state = "converged" if r.convergence_achieved else "not converged"
         return _factor("convergence", value, f"reported as {state}")
-    moved = "fell" if c.change < 0 else "rose"
+    change = moved(c.change)
     trend = c.trend
     stats = (f"Mann-Kendall z={trend.z:.2f}, p={trend.p_value:.2g}, Hamed-Rao corrected" if trend
              else "too few points for a trend test")
-    where = f"over the final window (steps {c.window_start_step}-{f.endpoints.last_step}; {stats})"
+    where = f"over the final window (steps {span(c.window_start_step, f.endpoints.last_step)}; {stats})"
     matters = f"a change must exceed {_pct(c.material)} of the loss level to matter here: beyond its noise, 5% of the level and 1% of the run's fall"
     if c.converged:
         why = ("no significant trend" if trend and not trend.significant and abs(c.change) > c.material
                else "within its noise")
-        text = f"loss {moved} {_pct(abs(c.change))} {where}: {why}, so the run had converged ({matters})"
+        text = f"loss {change} {where}: {why}, so the run had converged ({matters})"
         if c.plateau_start_step is not None:
             text += f"; the curve was flat from about step {c.plateau_start_step}"
     else:
-        text = f"loss still {moved} {_pct(abs(c.change))} {where}, so the run had not converged ({matters})"
+        still = "" if change == "did not change" else "still "
+        text = f"loss {still}{change} {where}, so the run had not converged ({matters})"
     return _factor("convergence", value, text)
 
 
@@ -247,13 +256,16 @@ def _trajectory_factor(g) -> FactorScore:
 
 def _efficiency(r: TrainingResult) -> FactorScore:
     if r.epochs_completed is None:
-        return _unmeasured("efficiency", "the number of epochs is unknown (log an `epoch` metric or an `epochs` param)")
+        return _unmeasured("efficiency", "the number of epochs is unknown (log an `epoch` metric, or an `epochs` "
+                                         "param when max_steps is not set)")
     rate = (r.initial_loss - r.final_loss) / r.epochs_completed
     points = TABLES["efficiency"].points(rate)
+    per_epoch = moved(-rate, lambda x: f"{x:.4g}")  # rate > 0 is a fall
+    per_epoch = per_epoch if per_epoch == "did not change" else f"{per_epoch} per epoch"
     return _factor(
         "efficiency",
         rate,
-        f"loss fell {rate:.4g} per epoch over {r.epochs_completed:.3g} epoch(s); "
+        f"loss {per_epoch} over {r.epochs_completed:.3g} epoch(s); "
         f"{TABLES['efficiency'].band(rate)} earns {points}/10",
     )
 

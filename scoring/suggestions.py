@@ -9,15 +9,22 @@ overfitting or dead run is never told to train longer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping
 
 from .rules import Findings, chance_loss
-from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult
-from .params import Hyperparameters
+from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult, format_value
+from .params import Hyperparameters, is_valid
 from .thresholds import Thresholds
+from .wording import moved
 
 DEFAULT_LORA_DROPOUT_STEP = 0.05
+DEFAULT_LORA_DROPOUT = 0.1  # suggested where none is set (or the one set is not a valid dropout)
+MAX_SUGGESTED_LORA_DROPOUT = 0.5  # more dropout than this is no remedy: regularize with weight decay instead
+DEFAULT_WEIGHT_DECAY = 0.01
+MAX_SUGGESTED_WEIGHT_DECAY = 0.1
+MAX_RAISED_LEARNING_RATE = 1.0  # a learning rate already this high is never told to go higher
 DEFAULT_WARMUP_RATIO = 0.1
 
 
@@ -40,7 +47,19 @@ def suggest(
         out += _underfitting(result, factors, thresholds, hp)
         out += _efficiency(result, factors, findings, thresholds, hp)
     out += _unmeasured(factors)
-    return sorted(out, key=lambda s: s.priority.rank)
+    return sorted((_within_range(s) for s in out), key=lambda s: s.priority.rank)
+
+
+def _within_range(s: ImprovementSuggestion) -> ImprovementSuggestion:
+    """Keep a concrete change only if its value is one the parameter accepts, also as shown (0.99995 shows as
+    1), and differs from the current one; otherwise the advice stands without a value."""
+    if s.parameter is None or s.suggested_value is None:
+        return s
+    shown = format_value(s.suggested_value)
+    if (is_valid(s.parameter, s.suggested_value) and is_valid(s.parameter, shown)
+            and (s.current_value is None or shown != format_value(s.current_value))):
+        return s
+    return dataclasses.replace(s, parameter=None, current_value=None, suggested_value=None)
 
 
 def _not_learned(f: Findings, hp: Hyperparameters) -> list[ImprovementSuggestion]:
@@ -69,10 +88,15 @@ def _not_learned(f: Findings, hp: Hyperparameters) -> list[ImprovementSuggestion
 
 
 def _lr_change(hp: Hyperparameters, factor: float) -> dict:
+    """The learning rate times ``factor``, when the run's is known and valid and the new one is too (never a
+    raise of a rate already at ``MAX_RAISED_LEARNING_RATE``)."""
     lr = hp.number("learning_rate")
-    if lr is None:
+    if lr is None or lr <= 0 or (factor > 1 and lr >= MAX_RAISED_LEARNING_RATE):
         return {}
-    return {"parameter": hp.name_of("learning_rate"), "current_value": lr, "suggested_value": _round_sig(lr * factor)}
+    suggested = _round_sig(lr * factor)
+    if not (math.isfinite(suggested) and suggested > 0):
+        return {}
+    return {"parameter": hp.name_of("learning_rate"), "current_value": lr, "suggested_value": suggested}
 
 
 def _round_sig(x: float, digits: int = 2) -> float:
@@ -83,16 +107,24 @@ def _round_sig(x: float, digits: int = 2) -> float:
     return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
 
 
+def _clip_at(p90: float | None) -> float | None:
+    """A clipping threshold at the 90th percentile of the gradient norm, when that is a valid one."""
+    if p90 is None or not math.isfinite(p90) or p90 <= 0:
+        return None
+    value = _round_sig(p90)
+    return value if value > 0 else None
+
+
 def _stability(r: TrainingResult, f: Findings | None, t: Thresholds, hp: Hyperparameters):
     if r.gradient_norm_stable is not False:
-        if (f and f.stability.spike_count and f.stability.grad_norm_p90
+        if (f and f.stability.spike_count and _clip_at(f.stability.grad_norm_p90)
                 and _clipping_would_bite(hp.number("max_grad_norm"), f.stability.grad_norm_p90)):
             s = f.stability
             return [ImprovementSuggestion(
                 Category.STABILITY, Priority.LOW,
                 f"{s.spike_count} isolated spike(s) (below the limit of {t.spike_limit}); if they grow, clip "
                 f"gradients at about the 90th percentile of the gradient norm ({s.grad_norm_p90:.3g}).",
-                hp.name_of("max_grad_norm"), hp.number("max_grad_norm"), _round_sig(s.grad_norm_p90),
+                hp.name_of("max_grad_norm"), hp.number("max_grad_norm"), _clip_at(s.grad_norm_p90),
             )]
         return []
     s = f.stability if f else None
@@ -119,12 +151,12 @@ def _stability(r: TrainingResult, f: Findings | None, t: Thresholds, hp: Hyperpa
             f"Training was unstable.{where} {s.clipped_fraction:.0%} of updates were already clipped, so "
             "clipping is extreme: lower the learning rate instead.", **_lr_change(hp, 0.5),
         ))
-    elif s and s.grad_norm_p90 and _clipping_would_bite(hp.number("max_grad_norm"), s.grad_norm_p90):
+    elif s and _clip_at(s.grad_norm_p90) and _clipping_would_bite(hp.number("max_grad_norm"), s.grad_norm_p90):
         out.append(ImprovementSuggestion(
             Category.STABILITY, Priority.HIGH,
             f"Training was unstable.{where} Clip gradients at about the 90th percentile of the gradient norm "
             f"({s.grad_norm_p90:.3g}).", hp.name_of("max_grad_norm"), hp.number("max_grad_norm"),
-            _round_sig(s.grad_norm_p90),
+            _clip_at(s.grad_norm_p90),
         ))
     else:
         out.append(ImprovementSuggestion(
@@ -151,8 +183,9 @@ def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters
     if reduction is None or factors["loss_reduction"].points >= 20:
         return []
     rank = hp.number("lora_r")
-    capacity = ({"parameter": hp.name_of("lora_r"), "current_value": int(rank), "suggested_value": int(rank) * 2}
-                if rank else {})
+    capacity = ({"parameter": hp.name_of("lora_r"), "current_value": _int_if_whole(rank),
+                 "suggested_value": int(rank) * 2}
+                if rank is not None and rank >= 1 else {})
     change = capacity or _lr_change(hp, 2.0)
     classes = hp.classes()
     chance = ""
@@ -160,15 +193,19 @@ def _underfitting(r: TrainingResult, factors, t: Thresholds, hp: Hyperparameters
         chance = (f" For {int(classes)} classes, chance-level loss is ln {int(classes)} = {level:.3g}; "
                   f"the final loss is {r.final_loss:.3g}.")
     if reduction < t.underfit_reduction:
+        # reduction > 0 is a fall; the loss moved by -reduction
+        how = (f"Loss {moved(-reduction)} instead of falling" if reduction < 0
+               else f"Loss barely moved ({moved(-reduction)})")
         return [ImprovementSuggestion(
             Category.UNDERFITTING, Priority.MEDIUM,
-            f"Loss barely moved (fell {reduction:.1%}): the model is not fitting the training data.{chance} "
+            f"{how}: the model is not fitting the training data.{chance} "
             "Regularization will not help; raise capacity (LoRA rank, more target modules) or the learning "
             "rate, and check the data and labels.", **change,
         )]
+    how = f"Loss {moved(-reduction)}" if reduction < 0 else f"Loss fell only {reduction:.1%}"
     return [ImprovementSuggestion(
         Category.UNDERFITTING, Priority.LOW,
-        f"Loss fell only {reduction:.1%}.{chance} Raise capacity (LoRA rank) or the learning rate.", **change,
+        f"{how}.{chance} Raise capacity (LoRA rank) or the learning rate.", **change,
     )]
 
 
@@ -179,19 +216,21 @@ def _convergence(r: TrainingResult, f: Findings | None, hp: Hyperparameters):
     if c and c.measured and c.change is not None and c.change > 0:
         return [ImprovementSuggestion(
             Category.CONVERGENCE, Priority.HIGH,
-            f"Loss rose {c.change:.1%} over the final window (from step {c.window_start_step}): the run is "
+            f"Loss {moved(c.change)} over the final window (from step {c.window_start_step}): the run is "
             "moving away from its best. Lower the learning rate or decay it to zero by the end.",
             **_lr_change(hp, 0.5),
         )]
     epochs, max_steps = hp.number("epochs"), hp.number("max_steps")
     change: dict = {}
-    if max_steps and max_steps > 0:
-        change = {"parameter": hp.name_of("max_steps"), "current_value": int(max_steps),
-                  "suggested_value": int(math.ceil(max_steps * 1.5))}
-    elif epochs:
+    if max_steps is not None and max_steps > 0:  # Hugging Face: a positive max_steps overrides the epochs
+        if math.isfinite(longer := max_steps * 1.5):
+            change = {"parameter": hp.name_of("max_steps"), "current_value": _int_if_whole(max_steps),
+                      "suggested_value": int(math.ceil(longer))}
+    elif epochs is not None and epochs > 0 and math.isfinite(longer := epochs * 1.5):
         change = {"parameter": hp.name_of("epochs"), "current_value": _int_if_whole(epochs),
-                  "suggested_value": int(math.ceil(epochs * 1.5))}
-    fell = f" (loss still fell {abs(c.change):.1%} over the final window)" if c and c.change is not None else ""
+                  "suggested_value": int(math.ceil(longer))}
+    fell = (f" (loss still {moved(c.change)} over the final window)"
+            if c and c.change is not None and c.change < 0 and moved(c.change) != "did not change" else "")
     return [ImprovementSuggestion(
         Category.CONVERGENCE, Priority.HIGH,
         f"The run had not converged{fell}: it is compute-bound. Train longer, or decay the learning rate "
@@ -200,9 +239,7 @@ def _convergence(r: TrainingResult, f: Findings | None, hp: Hyperparameters):
 
 
 def _overfitting(r: TrainingResult, factors, f: Findings | None, hp: Hyperparameters):
-    dropout = hp.number("lora_dropout")
-    more_dropout = (hp.name_of("lora_dropout"), dropout,
-                    round((dropout or 0.0) + DEFAULT_LORA_DROPOUT_STEP, 3) if dropout is not None else 0.1)
+    more_dropout = _more_regularization(hp)
     if not r.eval_loss_history:  # final numbers only: the seed's train/eval gap
         gap = factors["overfitting"].value
         if gap is None or gap < 0.10:
@@ -210,7 +247,7 @@ def _overfitting(r: TrainingResult, factors, f: Findings | None, hp: Hyperparame
         return [ImprovementSuggestion(
             Category.OVERFITTING, Priority.HIGH if gap >= 0.30 else Priority.MEDIUM,
             f"Eval loss is {gap:.1%} above the training loss: add regularization (LoRA dropout, weight decay) "
-            "or more training data.", *more_dropout,
+            "or more training data.", **more_dropout,
         )]
     g = f.generalization if f else None
     if not (g and g.overfitting):
@@ -226,9 +263,29 @@ def _overfitting(r: TrainingResult, factors, f: Findings | None, hp: Hyperparame
         ImprovementSuggestion(
             Category.OVERFITTING, Priority.MEDIUM,
             "To overfit later, add regularization (LoRA dropout, weight decay) or more training data.",
-            *more_dropout,
+            **more_dropout,
         ),
     ]
+
+
+def _more_regularization(hp: Hyperparameters) -> dict:
+    """More LoRA dropout, up to ``MAX_SUGGESTED_LORA_DROPOUT``; past it, weight decay up to
+    ``MAX_SUGGESTED_WEIGHT_DECAY``; past both, no value (the advice stands alone)."""
+    dropout = hp.number("lora_dropout")
+    name = hp.name_of("lora_dropout")
+    if dropout is None or not is_valid("lora_dropout", dropout):  # unset, or not a dropout at all: a common one
+        return {"parameter": name, "current_value": dropout, "suggested_value": DEFAULT_LORA_DROPOUT}
+    if dropout < MAX_SUGGESTED_LORA_DROPOUT:
+        return {"parameter": name, "current_value": dropout,
+                "suggested_value": min(round(dropout + DEFAULT_LORA_DROPOUT_STEP, 3), MAX_SUGGESTED_LORA_DROPOUT)}
+    decay = hp.number("weight_decay")
+    name = hp.name_of("weight_decay")
+    if decay is None or decay <= 0:  # unset, off, or not a weight decay at all
+        return {"parameter": name, "current_value": decay, "suggested_value": DEFAULT_WEIGHT_DECAY}
+    if decay < MAX_SUGGESTED_WEIGHT_DECAY:
+        return {"parameter": name, "current_value": decay,
+                "suggested_value": min(_round_sig(decay * 2), MAX_SUGGESTED_WEIGHT_DECAY)}
+    return {}
 
 
 def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, hp: Hyperparameters):
@@ -264,13 +321,19 @@ def _efficiency(r: TrainingResult, factors, f: Findings | None, t: Thresholds, h
 
 
 def _shorter(hp: Hyperparameters, fraction: float) -> dict:
-    """Shrink the run's length to a little past ``fraction`` of what it was."""
-    keep = min(1.0, fraction * 1.5)
+    """Shrink the run's length to a little past ``fraction`` of what it was (never to more than it was:
+    a run already at its shortest gets no value)."""
+    keep = min(1.0, max(fraction, 0.0) * 1.5)
     for knob in ("max_steps", "epochs"):
         value = hp.number(knob)
-        if value and value > 0:
-            return {"parameter": hp.name_of(knob), "current_value": _int_if_whole(value),
-                    "suggested_value": max(1, int(math.ceil(value * keep)))}
+        if value is None or value <= 0:
+            continue
+        shorter: float = max(1, int(math.ceil(value * keep)))
+        if shorter >= value and knob == "epochs":  # epochs may be fractional (num_train_epochs is a float)
+            shorter = _round_sig(value * keep)
+        if not 0 < shorter < value:
+            return {}
+        return {"parameter": hp.name_of(knob), "current_value": _int_if_whole(value), "suggested_value": shorter}
     return {}
 
 
@@ -285,7 +348,8 @@ MISSING_ADVICE = {
     "stability": (Category.STABILITY,
                   "Stability was not measured: log the gradient norm (Hugging Face's Trainer logs grad_norm)."),
     "efficiency": (Category.EFFICIENCY,
-                   "Efficiency was not measured: log an `epoch` metric or an `epochs` param."),
+                   "Efficiency was not measured: log an `epoch` metric (Hugging Face's Trainer does), or an `epochs` "
+                   "param when max_steps is not set."),
     "convergence": (Category.CONVERGENCE,
                     "Convergence was not measured: log the loss more often (a smaller logging_steps)."),
     "loss_reduction": (Category.UNDERFITTING,

@@ -8,6 +8,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from histories import (
     decaying,
@@ -535,6 +537,56 @@ def test_epochs_come_from_the_epoch_metric_else_from_params(log_epoch, params, e
     analysis = analyze_history(frame(**metrics), params=params)
     assert analysis.metrics_summary["epochs_completed"] == epochs
     assert analysis.factors["efficiency"].measured is (epochs is not None)
+
+
+HF_EPOCH_CASES = [
+    # (params as Hugging Face's MLflowCallback logs them, last logged `epoch` or None for no metric, epochs_completed)
+    ({"num_train_epochs": "3.0", "max_steps": "-1"}, None, 3.0),  # training by epochs: max_steps unset
+    ({"num_train_epochs": "3", "max_steps": "0"}, None, 3.0),
+    ({"epochs": "2", "max_steps": "-1"}, None, 2.0),  # our own job's param
+    ({"num_train_epochs": "3", "max_steps": "-1"}, 3.0, 3.0),
+    ({"num_train_epochs": "3", "max_steps": "-1"}, 1.2, 1.2),  # stopped early: the epochs actually trained
+    ({"num_train_epochs": "3", "max_steps": "200"}, 0.5, 0.5),  # max_steps set: the epoch metric tells
+    ({"num_train_epochs": "3", "max_steps": "200"}, None, None),  # max_steps set, no metric: unknown
+]
+
+
+@pytest.mark.parametrize("params, last_epoch, epochs", HF_EPOCH_CASES)
+def test_hugging_face_runs_by_epochs_have_their_efficiency_measured(params, last_epoch, epochs):
+    loss = decaying(N, rate=12.0)
+    metrics = {"loss": loss}
+    if last_epoch is not None:
+        metrics["epoch"] = (loss[0], loss[0] / N * last_epoch)
+    analysis = analyze_history(frame(**metrics), params=params)
+    summary, efficiency = analysis.metrics_summary, analysis.factors["efficiency"]
+    assert efficiency.measured is (epochs is not None)
+    if epochs is None:
+        assert summary["epochs_completed"] is None
+    else:
+        assert summary["epochs_completed"] == pytest.approx(epochs)
+        rate = (summary["initial_loss"] - summary["final_loss"]) / epochs
+        assert efficiency.value == pytest.approx(rate) and summary["loss_per_epoch"] == pytest.approx(rate)
+        assert f"over {epochs:.3g} epoch(s)" in efficiency.explanation
+        assert "Efficiency was not measured" not in " ".join(s.message for s in analysis.suggestions)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    planned=st.floats(min_value=0.01, max_value=1000.0),
+    max_steps=st.sampled_from([None, "-1", "0", "-1.0"]),
+    name=st.sampled_from(["num_train_epochs", "epochs", "max_epochs"]),
+    trained=st.none() | st.floats(min_value=0.01, max_value=1000.0),
+)
+def test_epochs_are_the_ones_trained_else_the_planned_ones_when_max_steps_is_unset(planned, max_steps, name, trained):
+    loss = decaying(N, rate=12.0)
+    metrics = {"loss": loss}
+    if trained is not None:  # the epoch metric ends at `trained`, whatever was planned
+        metrics["epoch"] = (loss[0], loss[0] / N * trained)
+    params = {name: str(planned)} | ({} if max_steps is None else {"max_steps": max_steps})
+    analysis = analyze_history(frame(**metrics), params=params)
+    expected = trained if trained is not None else planned
+    assert analysis.metrics_summary["epochs_completed"] == pytest.approx(expected)
+    assert analysis.factors["efficiency"].measured
 
 
 # --- the loss-curve figure ------------------------------------------------------------------------------------
