@@ -26,7 +26,9 @@ class ProgressUpdate:
     """Training moved from ``previous_step`` to ``current_step``; the optional numbers enrich the message.
 
     ``previous_step`` None means the step just before (``current_step - 1``, floored at 0).
-    ``elapsed_seconds`` is wall time since training started; ``quality_score`` (0-100) may be provisional.
+    ``elapsed_seconds`` is wall time since training (re)started at ``start_step`` (0, or the step a resumed
+    run started from), so the pace behind the ETA counts only the steps done in that time;
+    ``quality_score`` (0-100) may be provisional.
     """
 
     current_step: int
@@ -36,10 +38,14 @@ class ProgressUpdate:
     eval_loss: float | None = None
     elapsed_seconds: float | None = None
     quality_score: float | None = None
+    start_step: int = 0
 
     def __post_init__(self) -> None:
         total = as_step("total_steps", self.total_steps, minimum=1)
         current = as_step("current_step", self.current_step)
+        start = as_step("start_step", self.start_step)
+        if start > current:
+            raise ValueError(f"start_step ({start}) must be <= current_step ({current})")
         if self.previous_step is None:
             previous = max(current - 1, 0)
         else:
@@ -62,6 +68,7 @@ class ProgressUpdate:
             "eval_loss": as_finite("eval_loss", self.eval_loss),
             "elapsed_seconds": elapsed,
             "quality_score": as_score("quality_score", self.quality_score),
+            "start_step": start,
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -73,10 +80,12 @@ class ProgressUpdate:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left at the pace so far; None before the first step or without ``elapsed_seconds``."""
-        if self.elapsed_seconds is None or self.current_step == 0:
+        """Seconds left at the pace since ``start_step``; None before the first step done since then or
+        without ``elapsed_seconds``."""
+        done = self.current_step - self.start_step
+        if self.elapsed_seconds is None or done <= 0:
             return None
-        return self.elapsed_seconds * (self.total_steps - self.current_step) / self.current_step
+        return self.elapsed_seconds * (self.total_steps - self.current_step) / done
 
 
 def crossed_milestones(progress: ProgressUpdate) -> tuple[int, ...]:
@@ -148,6 +157,7 @@ class NotificationManager:
         if start > self._total:
             raise ValueError(f"start_step ({start}) must be <= total_steps ({self._total})")
         self._sent: set[int] = sent
+        self._start_step = start
         self._last_step = start
         self._last_progress: ProgressUpdate | None = None
         self._completion_pending = False
@@ -156,6 +166,11 @@ class NotificationManager:
     @property
     def total_steps(self) -> int:
         return self._total
+
+    @property
+    def start_step(self) -> int:
+        """The step training (re)started from: the ETA's pace counts only the steps since."""
+        return self._start_step
 
     @property
     def last_step(self) -> int:
@@ -197,6 +212,7 @@ class NotificationManager:
             eval_loss=eval_loss,
             elapsed_seconds=elapsed_seconds,
             quality_score=quality_score,
+            start_step=min(self._start_step, step),
         )
         return self.check(progress, hold_completion=hold_completion)
 

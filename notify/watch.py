@@ -102,11 +102,14 @@ class TrainingWatch:
         return events
 
     def record_stall(
-        self, seconds_since_last_step: float, last_step: int | None, total_steps: int | None = None
+        self, seconds_since_last_step: float, last_step: int | None, total_steps: int | None = None,
+        phase: str | None = None,
     ) -> NotificationEvent | None:
         """The stall warning (for ``StallWatchdog``'s ``on_stall``), or None when it was already sent.
 
-        ``total_steps`` defaults to the latest one given to ``observe``.
+        ``total_steps`` defaults to the latest one given to ``observe``. ``phase`` names what the run was
+        doing when progress stopped (e.g. "evaluating", "saving a checkpoint"); None or "training" reads as
+        a training step that never finished.
         """
         seconds = as_finite("seconds_since_last_step", seconds_since_last_step)
         if seconds is None or seconds < 0:
@@ -116,7 +119,10 @@ class TrainingWatch:
         if total_steps is not None:
             total_steps = as_step("total_steps", total_steps, minimum=1)
         idle = format_duration(seconds)
-        if last_step is None:
+        if phase not in (None, "training"):
+            after = "" if last_step is None else f" after step {last_step}"
+            lead = f"No progress for {idle} while {phase}{after}."
+        elif last_step is None:
             lead = f"No training step has completed in the {idle} since the watchdog started."
         else:
             lead = f"No training step for {idle} (last step {last_step})."

@@ -193,6 +193,28 @@ def test_eta_needs_elapsed_time_and_a_first_step():
     assert ProgressUpdate(current_step=250, total_steps=1000, elapsed_seconds=60).eta_seconds == 180
 
 
+def test_after_a_resume_the_eta_counts_only_the_steps_done_since():
+    # resumed at step 600: 100 steps in 60 s, 300 to go -> 180 s, not 60 * 300 / 700
+    resumed = ProgressUpdate(current_step=700, total_steps=1000, elapsed_seconds=60, start_step=600)
+    assert resumed.eta_seconds == 180
+    assert ProgressUpdate(current_step=600, total_steps=1000, elapsed_seconds=5, start_step=600).eta_seconds is None
+    event = NotificationManager(1000, start_step=600).update(750, elapsed_seconds=150)[0]
+    assert event.milestone == 75 and event.details["eta_seconds"] == 250
+    with pytest.raises(ValueError, match="start_step"):
+        ProgressUpdate(current_step=5, total_steps=10, start_step=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 10_000), st.data())
+def test_the_eta_is_the_remaining_steps_at_the_pace_since_the_start_step(total, data):
+    start = data.draw(st.integers(0, total - 1))
+    current = data.draw(st.integers(start + 1, total))
+    seconds_per_step = data.draw(st.floats(0.001, 100.0))
+    progress = ProgressUpdate(current_step=current, total_steps=total, start_step=start,
+                              elapsed_seconds=seconds_per_step * (current - start))
+    assert progress.eta_seconds == pytest.approx(seconds_per_step * (total - current), rel=1e-9, abs=1e-9)
+
+
 # --- NotificationManager: examples -------------------------------------------------------------------
 
 

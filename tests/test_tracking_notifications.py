@@ -155,7 +155,11 @@ def test_a_crash_is_reported_with_its_step_and_the_run_is_marked_failed(tracking
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
 
 
-def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_path):
+def test_sigterm_is_reported_as_stopped_and_the_run_is_killed_even_when_a_second_one_comes_during_cleanup(
+        tracking_uri, tmp_path):
+    """A scheduler that sends SIGTERM twice, or a user who presses Ctrl-C twice: the second signal lands while
+    the job is cleaning up (held there by a webhook that hangs on the "Training Stopped" message), and the
+    run must still end KILLED, not FINISHED through MLflow's exit handler."""
     with HTTPReceiver() as webhook:
         command = [sys.executable, "-m", "tracking.cli", "train", "--max-steps", "400", "--logging-steps", "1",
                    "--eval-fraction", "0", "--notify", webhook.url(), "--output-dir", str(tmp_path / "out")]
@@ -173,6 +177,13 @@ def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_
                     break
                 time.sleep(0.5)
             assert run is not None
+            webhook.delay = 30.0  # the stop message hangs: the job stays in its cleanup for a while
+            process.send_signal(signal.SIGTERM)
+            assert len(webhook.wait_for(2, timeout=120)) == 2, "the stop message never came"
+            deadline = time.monotonic() + 60  # the partial analysis is written: the job now waits on the webhook
+            while "quality_score" not in client.get_run(run.info.run_id).data.metrics:
+                assert time.monotonic() < deadline, "no partial analysis"
+                time.sleep(0.2)
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=120)
         finally:
@@ -181,6 +192,7 @@ def test_sigterm_is_reported_as_stopped_and_the_run_is_killed(tracking_uri, tmp_
         posts = [p["json"] for p in webhook.wait_for(2, timeout=10)]
     assert process.returncode == 130
     assert "the MLflow run is marked KILLED" in stderr and "Traceback" not in stderr
+    assert "stopped again while cleaning up" in stderr
     assert posts[-1]["title"] == "Training Stopped"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     # every step logged before SIGTERM was flushed: one loss point per step, no gap, up to where it stopped
@@ -201,9 +213,11 @@ def test_a_resumed_run_does_not_resend_milestones_and_a_stall_is_warned_once(tra
 
         monkeypatch.setenv("MLFLOW_RUN_ID", first.run_id)  # the same MLflow run, trained again
         webhook.received.clear()
-        second = _train(_config(tmp_path, webhook.url()))
+        second = _train(_config(tmp_path, webhook.url(), stall_minutes=0.005))  # it stalls again, too
         again = [p["json"]["title"] for p in webhook.wait_for(1, timeout=15)]
     assert second.run_id == first.run_id
-    assert again == ["Training Started"]  # no milestone, no completion a second time
+    assert again == ["Training Started"]  # no milestone, no stall warning, no completion a second time
     client = MlflowClient()
-    assert client.get_run(first.run_id).data.tags["peft_studio.milestones_sent"] == "25,50,75,100"
+    tags = client.get_run(first.run_id).data.tags
+    assert tags["peft_studio.milestones_sent"] == "25,50,75,100"
+    assert tags["peft_studio.warnings_sent"] == "stall"

@@ -4,9 +4,11 @@ store fails, kept in a file (and uploadable) when it never comes back, flushed o
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from receivers import free_port
+import tracking.run_logger
 from tracking.run_logger import RunLogger, read_unsent, upload_unsent
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +154,145 @@ def test_when_the_store_comes_back_the_overflow_file_is_sent_too(tracking_uri, t
     assert report.complete and not path.exists()
     for key, points in logged.items():
         assert sorted(_history(MlflowClient(), run_id, key)) == points
+
+
+class AwayClient(CountingClient):
+    """The real client, failing while ``away`` is set: a store that is down, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.away = True
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        if self.away:
+            self.calls += 1
+            raise MlflowException("(sqlite3.OperationalError) unable to open database file")
+        return super().log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+
+def _stored(run_id, keys) -> int:
+    return sum(len(MlflowClient().get_metric_history(run_id, key)) for key in keys)
+
+
+def test_a_file_that_cannot_be_written_does_not_end_the_thread_and_the_loss_is_counted(tracking_uri, tmp_path,
+                                                                                        caplog):
+    """The unsent file's folder cannot be created (its parent is a regular file): the overflow is lost, said
+    once, counted exactly; the thread goes on and sends the next points once the store is back."""
+    caplog.set_level(logging.WARNING, logger="tracking.run_logger")
+    run_id = _new_run()
+    (tmp_path / "blocker").write_text("a regular file where the unsent file's folder should be")
+    path = tmp_path / "blocker" / "kept" / "unsent.jsonl"  # mkdir: NotADirectoryError
+    store, troubles = AwayClient(), []
+    logger = RunLogger(store, run_id, unsent_path=path, flush_interval=0.01, max_buffered=1000,
+                       retry_delays=(0.05,), on_trouble=troubles.append)
+    logged = _log_points(logger, range(1, 1001))  # 3,000 points while the store is away: more than the bound
+    deadline = time.monotonic() + 30
+    while logger._thread.is_alive() and not getattr(logger, "lost", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert logger._thread.is_alive()
+    assert 0 < logger.lost <= 3000 - 1000  # what overflowed the bound; the bound stays in memory
+
+    store.away = False
+    following = _log_points(logger, range(1001, 1101), keys=("loss",))["loss"]  # the next 100 points
+    assert not logger.flush(timeout=30)  # settled, but not everything is in the run
+    history = _history(MlflowClient(), run_id, "loss")
+    assert all(point in history for point in following)
+
+    report = logger.close()
+    assert report.lost == 3000 + 100 - _stored(run_id, logged) and report.lost > 0
+    assert report.unsent == 0 and report.unsent_path is None and not report.complete
+    assert report.sent + report.lost == 3100
+    said = [r for r in caplog.records if r.levelno == logging.WARNING and "cannot be kept" in r.getMessage()]
+    assert len(said) == 1 and "unsent.jsonl" in said[0].getMessage()
+    assert len([t for t in troubles if "cannot be kept" in t]) == 1
+
+
+def test_close_counts_the_points_it_can_neither_send_nor_keep(tracking_uri, tmp_path):
+    run_id = _new_run()
+    (tmp_path / "blocker").write_text("not a folder")
+    logger = RunLogger(AwayClient(), run_id, unsent_path=tmp_path / "blocker" / "unsent.jsonl", flush_interval=0.01,
+                       retry_delays=(0.05,))
+    _log_points(logger, range(1, 101))
+    logger.set_tag("peft_studio.milestones_sent", "25")
+    report = logger.close(timeout=0.0, status="FINISHED")  # no exception
+    assert (report.sent, report.unsent, report.lost, report.complete) == (0, 0, 301, False)
+
+
+def test_the_thread_survives_an_unexpected_exception(tracking_uri, tmp_path, caplog):
+    class BuggyOnce(RunLogger):
+        failed = False
+
+        def _send(self, batch):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug outside the store call")
+            return super()._send(batch)
+
+    run_id = _new_run()
+    logger = BuggyOnce(MlflowClient(), run_id, unsent_path=tmp_path / "u.jsonl", flush_interval=0.01)
+    logged = _log_points(logger, range(1, 501))
+    assert logger.flush(timeout=30)
+    assert logger._thread.is_alive()
+    report = logger.close()
+    assert report.complete and report.sent == 1500
+    for key, points in logged.items():
+        assert _history(MlflowClient(), run_id, key) == points
+    assert any("a bug outside the store call" in r.getMessage() or (r.exc_info and "a bug" in str(r.exc_info[1]))
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_points_kept_while_the_file_uploads_are_not_deleted_with_it(tracking_uri, tmp_path, monkeypatch):
+    """close() keeps what is left in the file while the thread uploads what overflowed to it earlier: the
+    upload step is held between reading the file and deleting it, and close() appends meanwhile."""
+    run_id = _new_run()
+    path = tmp_path / "unsent.jsonl"
+    store = AwayClient()
+    logger = RunLogger(store, run_id, unsent_path=path, flush_interval=0.01, max_buffered=500, retry_delays=(0.05,))
+    logged = _log_points(logger, range(1, 1001))  # 3,000 points: the overflow goes to the file
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists()
+
+    uploaded, release = threading.Event(), threading.Event()
+    real_upload = tracking.run_logger.upload_unsent
+
+    def upload_then_hold(client, kept):
+        result = real_upload(client, kept)  # read and sent ...
+        uploaded.set()
+        release.wait(30)  # ... and not yet deleted
+        return result
+
+    monkeypatch.setattr(tracking.run_logger, "upload_unsent", upload_then_hold)
+    store.away = False
+    assert uploaded.wait(30)
+    later = _log_points(logger, range(1001, 1101))  # the thread is busy: these wait in memory
+    report = logger.close(timeout=0.0, status="FINISHED")  # keeps them in the file meanwhile
+    release.set()
+    logger._thread.join(30)
+    assert not logger._thread.is_alive()
+
+    assert report.sent + report.unsent == 3300 and report.unsent_path == path
+    assert path.exists() and not list(tmp_path.glob("unsent.jsonl.*"))
+    real_upload(MlflowClient(), path)
+    for key in logged:
+        assert sorted(_history(MlflowClient(), run_id, key)) == logged[key] + later[key]  # each point once
+
+
+def test_a_rotated_file_left_by_a_crash_is_uploaded_when_the_store_is_back(tracking_uri, tmp_path):
+    run_id = _new_run()
+    path = tmp_path / "unsent.jsonl"
+    left = path.with_name(path.name + ".sending")
+    records = [{"run_id": run_id}] + [{"metric": ["loss", 1.0 / step, 1_600_000_000_000 + step, step]}
+                                      for step in range(1, 11)]
+    left.write_text("".join(json.dumps(r) + "\n" for r in records))
+    logger = RunLogger(CountingClient(fail_first=1), run_id, unsent_path=path, flush_interval=0.01,
+                       retry_delays=(0.05,))
+    _log_points(logger, range(11, 21), keys=("loss",))
+    report = logger.close()
+    assert report.complete
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "loss")] == list(range(1, 21))
+    assert not left.exists() and not path.exists()
 
 
 def _run_script(body: str, tracking_uri: str) -> subprocess.CompletedProcess:

@@ -57,8 +57,33 @@ class NotificationCallback(TrainerCallback):
             self.monitor.log(state.global_step, logs)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:  # the Trainer has already decided whether it evaluates or saves next
+            self.monitor.step(state.global_step, _next_phase(control))
+
+    # Evaluation, prediction and checkpoints are progress too: a long one is not a stall.
+    def on_prediction_step(self, args, state, control, **kwargs):
         if self.monitor is not None:
-            self.monitor.step(state.global_step)
+            self.monitor.progress("evaluating")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.progress("saving a checkpoint" if control.should_save else "training")
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.progress("training")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.progress("finishing the run (saving the adapter, sending the last points, analyzing)")
+
+
+def _next_phase(control) -> str:
+    if control.should_evaluate:
+        return "evaluating"
+    if control.should_save:
+        return "saving a checkpoint"
+    return "training"
 
 
 class PeftStudioCallback(NotificationCallback):
@@ -101,6 +126,7 @@ class PeftStudioCallback(NotificationCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is None:
             return
+        super().on_train_end(args, state, control, **kwargs)
         analysis = None
         if self.analyze and self.run_id:
             import mlflow

@@ -251,8 +251,9 @@ def upload(path: str, no_analyze: bool) -> None:
 
     try:
         result = upload_unsent(client, path)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:  # not UTF-8, not JSON lines, not our points
+        detail = str(exc) if str(exc).startswith(str(path)) else f"{path} is not an unsent-points file ({exc})"
+        raise ConfigError(f"{detail}; pass the unsent-mlflow-*.jsonl file the training job named") from None
     except MlflowException as exc:
         raise ConfigError(f"the tracking store refused the points ({exc.error_code}); point MLFLOW_TRACKING_URI "
                           "at the store the run was logged to") from None
@@ -264,6 +265,12 @@ def upload(path: str, no_analyze: bool) -> None:
         _print_summary(result.run_id, analyze_run(client, result.run_id))
 
 
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise click.BadParameter(f"must be a number of seconds > 0, got {value}")
+    return value
+
+
 @main.group()
 def notify() -> None:
     """Check notification channels."""
@@ -271,7 +278,8 @@ def notify() -> None:
 
 @notify.command("test")
 @click.argument("channels", required=False, default="")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each channel.")
+@click.option("--timeout", default=10.0, show_default=True, callback=_positive_seconds,
+              help="Seconds to wait for each channel.")
 @friendly_errors
 def notify_test(channels: str, timeout: float) -> None:
     """Send one test message to each channel and say, per channel, whether it went through.

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -66,9 +67,19 @@ class CompareError(ValueError):
     """Nothing to compare (unknown experiment, no runs); the message says what was looked for."""
 
 
+def _get_run(client: MlflowClient, run_id: str):
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise CompareError(f"run {run_id!r} was not found at this tracking URI ({exc.message}); check --run-ids "
+                           "and MLFLOW_TRACKING_URI") from None
+
+
 def _search(client: MlflowClient, experiment: str | None, run_ids: list[str], filter_string: str) -> list:
     if run_ids:
-        return [client.get_run(r) for r in run_ids]
+        return [_get_run(client, r) for r in run_ids]
     if not experiment:
         raise CompareError("name an experiment (--experiment) or runs (--run-ids a,b,c)")
     found = client.get_experiment_by_name(experiment)

@@ -60,8 +60,8 @@ class TrainConfig:
         "Where to send progress messages: apprise URLs separated by spaces or commas, or the path of an "
         "apprise config file (YAML/text). Empty means no channels.", "")
     stall_minutes: float = _help(
-        "Warn when no training step has finished for this many minutes (a watchdog beside the loop; 0 "
-        "disables it).", 15.0)
+        "Warn when the run has made no progress (a step, an eval batch, a saved checkpoint) for this many "
+        "minutes (a watchdog beside the loop; 0 disables it).", 15.0)
     output_dir: str = _help("Where checkpoints and the final adapter are written.", "outputs")
 
     def __post_init__(self) -> None:

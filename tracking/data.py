@@ -37,6 +37,8 @@ def resolve_data_source(data: str) -> Path | str:
         raise ConfigError(f"unknown built-in data {data!r}; built-in: {', '.join(BUILTIN_DATA)}")
     path = Path(data).expanduser()
     if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"data {data!r} is a folder; pass a CSV or JSONL file with a `text` column")
         if not path.is_file():
             raise ConfigError(f"data file {data!r} does not exist; pass a CSV or JSONL file with a `text` column")
         return path

@@ -72,6 +72,7 @@ class TrainingMonitor:
         self.history: list[tuple[str, int, float]] = []  # (key, step, value): what analyze_history reads
         self.latest: dict[str, float] = {}
         self.step_reached = start_step
+        self.phase = "training"  # what the run is doing: named by a stall warning
         self.started = time.monotonic()
         self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peft-studio-score")
         self._watchdog = (StallWatchdog(stall_minutes * 60, on_stall=self._on_stall) if stall_minutes > 0 else None)
@@ -98,11 +99,18 @@ class TrainingMonitor:
         for event in self.watch.observe(step, metrics, total_steps=self.manager.total_steps):
             self._send(event)
 
-    def step(self, step: int) -> None:
-        """A finished optimizer step: beats the stall watchdog and emits crossed milestones (not 100%)."""
-        self.step_reached = step
+    def progress(self, phase: str = "training") -> None:
+        """Progress other than a finished step (an eval batch, a saved checkpoint, the end-of-run work):
+        beats the stall watchdog; ``phase`` is what a stall warning will say the run was doing."""
+        self.phase = phase
         if self._watchdog is not None:
-            self._watchdog.beat(step)
+            self._watchdog.beat(self.step_reached)
+
+    def step(self, step: int, next_phase: str = "training") -> None:
+        """A finished optimizer step: beats the stall watchdog and emits crossed milestones (not 100%).
+        ``next_phase`` is what comes before the next step (evaluating, saving a checkpoint)."""
+        self.step_reached = step
+        self.progress(next_phase)
         events = self.manager.update(
             min(step, self.manager.total_steps),
             loss=self.latest.get("loss"),
@@ -166,10 +174,11 @@ class TrainingMonitor:
                 current_step=event.current_step, total_steps=event.total_steps,
                 previous_step=max(0, event.current_step - 1),
                 loss=details.get("loss"), eval_loss=details.get("eval_loss"),
-                elapsed_seconds=details.get("elapsed_seconds"), quality_score=score))
+                elapsed_seconds=details.get("elapsed_seconds"), quality_score=score,
+                start_step=min(self.manager.start_step, event.current_step)))
         self._send(event)
 
     def _on_stall(self, seconds: float, step: int | None) -> None:
-        event = self.watch.record_stall(seconds, step, total_steps=self.manager.total_steps)
+        event = self.watch.record_stall(seconds, step, total_steps=self.manager.total_steps, phase=self.phase)
         if event is not None:
             self._send(event)

@@ -6,7 +6,9 @@ pays for an append; a thread sends up to 1,000 points per ``log_batch``. When th
 (server restarted, sqlite "database is locked") the same batch is retried, in order, until it goes
 through: MLflow skips points a run already has, so resending after a lost answer is safe. What cannot be
 sent (the server never came back, or the buffer outgrew its bound) goes to a local JSON-lines file that
-``peft-studio upload FILE`` sends later (``upload_unsent``).
+``peft-studio upload FILE`` sends later (``upload_unsent``). When that file cannot be written either (disk
+full, read-only folder), points wait in memory up to the bound; the oldest beyond it are lost, said once and
+counted in ``LoggerReport.lost``: the thread never dies, so later points are still sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -36,23 +39,28 @@ Item = tuple
 
 @dataclass(frozen=True)
 class LoggerReport:
-    """What ``RunLogger.close`` achieved: everything sent, or how much waits in ``unsent_path``."""
+    """What ``RunLogger.close`` achieved: everything sent, or how much waits in ``unsent_path``, and how
+    many points were lost because that file could not be written."""
 
     sent: int
     unsent: int
     unsent_path: Path | None
     last_error: str | None
+    lost: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.unsent == 0
+        """Every point is in the run."""
+        return self.unsent == 0 and self.lost == 0
 
 
 class RunLogger:
     """Buffered, ordered, retried logging of metrics and tags to one run. Thread-safe.
 
-    ``on_trouble(message)`` is called once per outage (on the logging thread), e.g. to notify the user.
-    ``unsent_path`` is where points that cannot be sent are kept (created only when needed).
+    ``on_trouble(message)`` is called once per outage, and once when points cannot be kept in the file
+    (on the logging thread, or in ``close``), e.g. to notify the user.
+    ``unsent_path`` is where points that cannot be sent are kept (created only when needed); while the
+    logger uploads it, its points sit in a sibling ``NAME.sending``.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, *, unsent_path: str | Path,
@@ -68,6 +76,11 @@ class RunLogger:
         self.on_trouble = on_trouble
         self.sent = 0
         self.unsent = 0  # items written to unsent_path and not uploaded since
+        self.lost = 0  # items neither sent nor kept: the file could not be written
+        self._rotated = 0  # items moved to _sending_path for an upload that has not gone through yet
+        self._sending_path = self.unsent_path.with_name(self.unsent_path.name + ".sending")
+        self._keep_error: str | None = None  # set while the file cannot be written (said once)
+        self._untold: str | None = None  # a message for on_trouble, called without the lock
         self.failures = 0
         self.last_error: str | None = None
         self._failing_since: float | None = None
@@ -106,7 +119,8 @@ class RunLogger:
 
     def flush(self, timeout: float | None = None, patience: float | None = None) -> bool:
         """Wait until everything logged before this call is sent (or kept in the file). False when
-        ``timeout`` passes first, or once the store has been failing for ``patience`` seconds."""
+        ``timeout`` passes first, once the store has been failing for ``patience`` seconds, or when points
+        were lost (the file could not be written)."""
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
 
         def done_or_hopeless() -> bool:
@@ -120,11 +134,12 @@ class RunLogger:
             self._cond.notify_all()
             while not done_or_hopeless():
                 self._cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            return self._settled >= target
+            return self._settled >= target and self.lost == 0
 
     def close(self, timeout: float = 30.0, status: str | None = None) -> LoggerReport:
         """Send what is buffered, retrying for up to ``timeout`` seconds; keep the rest in the file.
-        ``status`` (FINISHED, FAILED, KILLED) is recorded in the file too, so an upload can end the run."""
+        ``status`` (FINISHED, FAILED, KILLED) is recorded in the file too, so an upload can end the run.
+        Never raises: what can be neither sent nor kept is counted in the report's ``lost``."""
         with self._cond:
             if not self._closing:
                 self._closing = True
@@ -132,22 +147,43 @@ class RunLogger:
             self._cond.notify_all()
         self._thread.join(timeout + 1.0)
         with self._cond:
-            self._abandoned = True  # a send still stuck in MLflow's own retries no longer counts
+            self._abandoned = True  # a send or upload still stuck in MLflow's own retries no longer counts
+            self._restore_rotated()
             left = self._inflight + list(self._queue)
             self._inflight, self._queue = [], deque()
-            if left:
-                self._keep_unsent(left)
+            if left and not self._keep_unsent(left):
+                self._lose(len(left))
             if self.unsent and status:
                 self._write_unsent([{"status": status}])
             self._cond.notify_all()
+        self._tell()
         try:
             atexit.unregister(self.close)
         except Exception:  # pragma: no cover - interpreter shutting down
             pass
-        return LoggerReport(self.sent, self.unsent, self.unsent_path if self.unsent else None, self.last_error)
+        return LoggerReport(self.sent, self.unsent, self.unsent_path if self.unsent else None, self.last_error,
+                            self.lost)
 
     # -- the logging thread ---------------------------------------------------------------------------
     def _work(self) -> None:
+        """Why the guard: an exception escaping the loop would end the thread silently, and every later point
+        would be neither sent nor kept while training goes on. The loop restarts where it was (the batch in
+        flight stays in ``_inflight``)."""
+        told = False
+        while True:
+            try:
+                self._work_loop()
+                return
+            except Exception as exc:
+                (log.debug if told else log.warning)("the metrics thread hit %s; it goes on", _one_line(exc),
+                                                     exc_info=not told)
+                told = True
+                with self._cond:
+                    if self._abandoned or (self._closing and time.monotonic() >= self._deadline):
+                        return  # close() keeps what is left in the file
+                    self._cond.wait(self.flush_interval)
+
+    def _work_loop(self) -> None:
         attempt = 0
         while True:
             with self._cond:
@@ -181,7 +217,10 @@ class RunLogger:
                     self.last_error = error
                     if len(self._queue) > self.max_buffered:  # bound memory: oldest waiting points go to disk
                         overflow = [self._queue.popleft() for _ in range(len(self._queue) - self.max_buffered // 2)]
-                        self._keep_unsent(overflow)
+                        if not self._keep_unsent(overflow):  # no file: the newest stay, up to the bound
+                            room = self.max_buffered - len(self._queue)
+                            self._queue.extendleft(reversed(overflow[len(overflow) - room:]))
+                            self._lose(len(overflow) - room)
                     delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
                     attempt += 1
                     if self._closing and time.monotonic() + delay > self._deadline:
@@ -189,10 +228,11 @@ class RunLogger:
             if error is not None:
                 if first and self.on_trouble is not None:
                     self._call_on_trouble(error)
+                self._tell()
                 log.warning("MLflow did not take %d point(s) (%s); retrying in %.0f s", len(batch), error, delay)
                 with self._cond:
                     self._cond.wait_for(lambda: self._closing and time.monotonic() >= self._deadline, delay)
-            elif recovered and self.unsent:
+            elif recovered:
                 self._upload_kept()
 
     def _send(self, batch: list[Item]) -> str | None:
@@ -210,32 +250,91 @@ class RunLogger:
         except Exception as exc:
             log.warning("the tracking-trouble callback failed: %s", exc)
 
-    def _keep_unsent(self, items: list[Item]) -> None:
-        """Called with the lock held; the items count as settled (kept, in order)."""
-        self._write_unsent([_item_to_json(i) for i in items])
+    def _tell(self) -> None:
+        """Pass a message set with the lock held to ``on_trouble``, without the lock (it may be slow)."""
+        with self._cond:
+            message, self._untold = self._untold, None
+        if message and self.on_trouble is not None:
+            self._call_on_trouble(message)
+
+    def _keep_unsent(self, items: list[Item]) -> bool:
+        """Called with the lock held; the items count as settled (kept, in order). False when the file
+        cannot be written: the items are not kept, and the caller keeps them in memory or loses them."""
+        if not self._write_unsent([_item_to_json(i) for i in items]):
+            return False
         self.unsent += len(items)
         self._settled += len(items)
+        return True
 
-    def _write_unsent(self, records: list[dict]) -> None:
-        self.unsent_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.unsent_path.exists()
-        with self.unsent_path.open("a", encoding="utf-8") as out:
-            if new:
-                out.write(json.dumps({"run_id": self.run_id}) + "\n")
-            for record in records:
-                out.write(json.dumps(record) + "\n")
+    def _lose(self, count: int) -> None:
+        """Called with the lock held: points neither sent nor kept count as settled, so no flush waits for
+        them, and as lost, so the report says so."""
+        self.lost += count
+        self._settled += count
+
+    def _write_unsent(self, records: list[dict]) -> bool:
+        """Append to the file; False, said once until a write works again, when it cannot be written (disk
+        full, read-only or missing folder): that must not end the thread nor make close() raise."""
+        try:
+            self.unsent_path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.unsent_path.exists()
+            lines = [json.dumps({"run_id": self.run_id})] if new else []
+            lines += [json.dumps(record) for record in records]
+            with self.unsent_path.open("a", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+        except Exception as exc:
+            if self._keep_error is None:
+                self._keep_error = _one_line(exc)
+                self._untold = (f"points cannot be kept in {self.unsent_path} ({self._keep_error}); they wait "
+                                f"in memory (up to {self.max_buffered}), older ones are lost")
+                log.warning("%s", self._untold)
+            return False
+        self._keep_error = None
+        return True
 
     def _upload_kept(self) -> None:
-        """The store is back: send what overflowed to the file meanwhile, then drop the file."""
+        """The store is back: send what was kept in the file meanwhile. Why the rotation: the file is first
+        renamed to ``NAME.sending``, so points kept while it uploads (close() keeping what is left) go to a
+        new file and are never deleted unsent; only the renamed file is deleted, once sent. A renamed file
+        left by a crash or a failed upload is sent first (it is never overwritten)."""
+        sending = self._sending_path
         try:
-            upload_unsent(self.client, self.unsent_path)
+            while True:
+                with self._cond:
+                    if self._abandoned:
+                        return
+                    if not sending.exists():
+                        if not self.unsent_path.exists():
+                            return
+                        os.replace(self.unsent_path, sending)
+                        self._rotated += self.unsent
+                        self.unsent = 0
+                upload_unsent(self.client, sending)
+                with self._cond:
+                    if self._abandoned:
+                        return  # close() has put the file back where the report says
+                    sending.unlink(missing_ok=True)
+                    self.sent += self._rotated
+                    self._rotated = 0
         except Exception as exc:
-            log.warning("could not upload %s yet: %s", self.unsent_path, _one_line(exc))
+            log.warning("could not upload %s yet: %s", sending, _one_line(exc))
+
+    def _restore_rotated(self) -> None:
+        """Called by close() with the lock held: points renamed aside for an upload that has not gone through
+        go back in front of ``unsent_path``, the one file the report names."""
+        if not self._rotated:
             return
-        with self._cond:
-            self.sent += self.unsent
-            self.unsent = 0
-            self.unsent_path.unlink(missing_ok=True)
+        try:
+            if self.unsent_path.exists():  # newer points, kept since the rename: after the older ones
+                newer = self.unsent_path.read_text(encoding="utf-8").splitlines(keepends=True)[1:]
+                with self._sending_path.open("a", encoding="utf-8") as out:
+                    out.writelines(newer)
+            os.replace(self._sending_path, self.unsent_path)
+        except Exception as exc:
+            log.error("%d kept point(s) of run %s remain in %s: %s", self._rotated, self.run_id,
+                      self._sending_path, _one_line(exc))
+        self.unsent += self._rotated
+        self._rotated = 0
 
 
 def _take_batch(queue: deque) -> list[Item]:

@@ -184,19 +184,24 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     run_id = active.info.run_id
     url = run_page_url(mlflow.get_tracking_uri(), active.info.experiment_id, run_id)
     existing = client.get_run(run_id).data
-    sent_before = _milestones_sent(existing.tags)
+    sent_before, warned_before = _milestones_sent(existing.tags), _warnings_sent(existing.tags)
     if "://" in existing.params.get("notify", ""):
         log.warning("MLflow logged the notify URLs of `-P notify=...` as a run param; URLs with tokens or passwords "
                     "belong in the PEFT_STUDIO_NOTIFY variable or an apprise config file (-P notify=notify.yaml)")
     params = config.to_params()
 
     def make_monitor(total: int, start_step: int) -> TrainingMonitor:
-        return TrainingMonitor(notifier, total, already_sent=sent_before, start_step=start_step, params=params,
-                               stall_minutes=config.stall_minutes)
+        return TrainingMonitor(notifier, total, already_sent=sent_before, already_warned=warned_before,
+                               start_step=start_step, params=params, stall_minutes=config.stall_minutes)
 
     notifications = NotificationCallback(make_monitor, config.model, config.data, url)
     logger = RunLogger(client, run_id, unsent_path=Path(config.output_dir).resolve() / f"unsent-mlflow-{run_id}.jsonl",
                        on_trouble=lambda error: _warn_tracking_trouble(notifier, notifications, error))
+
+    @notifier.add_callback
+    def record_sent(event) -> None:  # with the run as they go: a resume after a hard kill repeats none
+        if notifications.monitor is not None and event.event_type.value in ("progress", "warning"):
+            _record_sent(logger, notifications.monitor)
     trainer = None
     with _sigterm_as_stop():
         try:
@@ -230,12 +235,16 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
             return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
         except BaseException as exc:
             stopped = isinstance(exc, KeyboardInterrupt)
-            planned = trainer.state.max_steps if trainer is not None and trainer.state.max_steps else 1
-            monitor = notifications.monitor or make_monitor(planned, 0)
-            monitor.fail(exc, stopped=stopped)
-            if _all_sent(logger):
-                _partial_analysis(client, run_id)
-            _finish(run_id, monitor, logger, "KILLED" if stopped else "FAILED")
+            try:
+                planned = trainer.state.max_steps if trainer is not None and trainer.state.max_steps else 1
+                monitor = notifications.monitor or make_monitor(planned, 0)
+                monitor.fail(exc, stopped=stopped)
+                if _all_sent(logger):
+                    _partial_analysis(client, run_id)
+                _finish(run_id, monitor, logger, "KILLED" if stopped else "FAILED")
+            except KeyboardInterrupt as again:  # Ctrl-C or SIGTERM again while cleaning up: stop now
+                _end_at_once(run_id, logger)
+                raise again from exc
             raise
 
 
@@ -263,18 +272,37 @@ def _warn_tracking_trouble(notifier, notifications: NotificationCallback, error:
 
     monitor = notifications.monitor
     step, total = (monitor.step_reached, monitor.manager.total_steps) if monitor else (None, None)
+    if "cannot be kept" in error:  # the unsent-points file cannot be written either
+        notifier.send(warning_event("metrics at risk", f"The {error}. Training goes on.", step, total))
+        return
     notifier.send(warning_event("MLflow unreachable", f"MLflow did not take the latest metrics ({error}). "
                                 "Training goes on; the points are kept and sent again until MLflow answers.",
                                 step, total))
 
 
 MILESTONES_TAG = "peft_studio.milestones_sent"
+WARNINGS_TAG = "peft_studio.warnings_sent"
 
 
 def _milestones_sent(tags: dict[str, str]) -> tuple[int, ...]:
     """Milestones an earlier attempt of this run already sent, so a resumed run does not repeat them."""
     recorded = tags.get(MILESTONES_TAG, "")
     return tuple(int(m) for m in recorded.split(",") if m.strip().isdigit())
+
+
+def _warnings_sent(tags: dict[str, str]) -> tuple[str, ...]:
+    """Warning kinds (nonfinite, loss_spike, eval_rising, stall) an earlier attempt of this run already sent."""
+    from notify.watch import WARNING_KINDS
+
+    return tuple(k for k in (part.strip() for part in tags.get(WARNINGS_TAG, "").split(",")) if k in WARNING_KINDS)
+
+
+def _record_sent(logger: RunLogger, monitor: TrainingMonitor) -> None:
+    """The milestones and warning kinds sent so far (this attempt's and earlier ones'), as run tags."""
+    from notify.watch import WARNING_KINDS
+
+    logger.set_tag(MILESTONES_TAG, ",".join(str(m) for m in sorted(monitor.manager.sent_milestones)))
+    logger.set_tag(WARNINGS_TAG, ",".join(sorted(k for k in monitor.watch.warned if k in WARNING_KINDS)))
 
 
 def _save_adapter(trainer, config: TrainConfig) -> Path:
@@ -307,9 +335,9 @@ def _partial_analysis(client: MlflowClient, run_id: str) -> None:
 def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: str) -> LoggerReport:
     """Send the last points and tags (bounded), keep the notification record with the run, close the run.
     When the store is away, the points go to a local file and the user is told how to upload them."""
-    logger.set_tag(MILESTONES_TAG, ",".join(str(m) for m in sorted(monitor.manager.sent_milestones)))
+    _record_sent(logger, monitor)
     report = logger.close(timeout=FLUSH_TIMEOUT_SECONDS if logger.healthy else 0.0, status=status)
-    if not report.complete:
+    if report.unsent:
         from notify import unsent_metrics_event
 
         log.error("MLflow did not take %d point(s) of run %s; they are kept in %s: send them with "
@@ -317,8 +345,15 @@ def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: st
                   report.unsent_path, report.unsent_path)
         monitor.send(unsent_metrics_event(report.unsent, str(report.unsent_path), report.last_error,
                                           monitor.step_reached, monitor.manager.total_steps))
+    if report.lost:
+        from notify import warning_event
+
+        lost = (f"{report.lost} logged point(s) of run {run_id} were lost: MLflow did not take them and "
+                f"{logger.unsent_path} could not be written")
+        log.error("%s", lost)
+        monitor.send(warning_event("metrics lost", lost + ".", monitor.step_reached, monitor.manager.total_steps))
     monitor.close()
-    if not report.complete:
+    if report.unsent:
         _forget_active_run(status)
         return report
     try:
@@ -330,6 +365,29 @@ def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: st
         log.warning("could not record notifications for run %s: %s", run_id, exc)
     mlflow.end_run(status)
     return report
+
+
+# How long a run stopped a second time (during the cleanup after a crash or a first stop) still sends its
+# last points before keeping them in the unsent-points file.
+SECOND_STOP_FLUSH_SECONDS = 10.0
+
+
+def _end_at_once(run_id: str, logger: RunLogger) -> None:
+    """A second stop: mark the run KILLED (not FINISHED, as MLflow's exit handler would) after a short flush
+    whose leftovers go to the unsent-points file; further signals are ignored for those few seconds."""
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log.warning("stopped again while cleaning up: run %s ends now as KILLED", run_id)
+        report = logger.close(timeout=SECOND_STOP_FLUSH_SECONDS if logger.healthy else 0.0, status="KILLED")
+        if not report.complete:
+            log.error("MLflow did not take %d point(s) of run %s; they are kept in %s: send them with "
+                      "`peft-studio upload %s`", report.unsent, run_id, report.unsent_path, report.unsent_path)
+        _forget_active_run("KILLED")
+    except Exception as exc:  # the status is what matters here; a store that is away gets it from upload
+        log.warning("could not end run %s cleanly: %s", run_id, exc)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _forget_active_run(status: str) -> None:

@@ -1,0 +1,95 @@
+"""The stall watchdog counts evaluation, checkpoints and the end of the run as progress, and a stall warning
+names the phase the run was in.
+
+Driven through the real Trainer callback (``NotificationCallback``) with transformers' own ``TrainerState``
+and ``TrainerControl``, a real ``TrainingMonitor`` and a ``Notifier`` without channels (its Python callback
+collects the events). The watchdog's timeout is a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from transformers import TrainerControl, TrainerState
+
+from notify.channels import Channels
+from notify.delivery import Notifier
+from tracking.callbacks import NotificationCallback
+from tracking.monitor import TrainingMonitor
+
+STALL_SECONDS = 0.4
+
+
+def make_callback() -> tuple[NotificationCallback, list, threading.Event]:
+    notifier = Notifier(Channels())
+    warnings, warned = [], threading.Event()
+
+    def collect(event):
+        if event.event_type.value == "warning":
+            warnings.append(event)
+            warned.set()
+
+    notifier.add_callback(collect)
+    callback = NotificationCallback(
+        lambda total, start: TrainingMonitor(notifier, total, start_step=start, provisional_scores=False,
+                                             stall_minutes=STALL_SECONDS / 60), "m", "d")
+    callback.on_train_begin(None, TrainerState(max_steps=100), TrainerControl())
+    return callback, warnings, warned
+
+
+def keep_busy(seconds: float, beat) -> None:
+    """Work that reports progress every 50 ms (an evaluation batch, say) for ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        beat()
+        time.sleep(0.05)
+
+
+def test_a_long_evaluation_with_prediction_steps_is_no_stall():
+    callback, warnings, _ = make_callback()
+    try:
+        state = TrainerState(max_steps=100, global_step=10)
+        callback.on_step_end(None, state, TrainerControl(should_evaluate=True))
+        assert callback.monitor.phase == "evaluating"
+        keep_busy(3 * STALL_SECONDS, lambda: callback.on_prediction_step(None, state, TrainerControl()))
+        callback.on_evaluate(None, state, TrainerControl(should_save=True))
+        assert callback.monitor.phase == "saving a checkpoint"
+        callback.on_save(None, state, TrainerControl())
+        assert callback.monitor.phase == "training"
+        keep_busy(3 * STALL_SECONDS, lambda: callback.on_step_end(None, state, TrainerControl()))
+    finally:
+        callback.monitor.close()
+    assert warnings == []
+
+
+def test_a_stall_names_the_phase_it_happened_in():
+    callback, warnings, warned = make_callback()
+    try:
+        state = TrainerState(max_steps=100, global_step=10)
+        callback.on_step_end(None, state, TrainerControl(should_save=True))  # then the save hangs
+        assert warned.wait(10 * STALL_SECONDS)
+    finally:
+        callback.monitor.close()
+    (warning,) = warnings
+    assert "No progress for" in warning.message and "while saving a checkpoint after step 10" in warning.message
+
+
+def test_the_end_of_the_run_is_its_own_phase():
+    callback, warnings, warned = make_callback()
+    try:
+        callback.on_train_end(None, TrainerState(max_steps=100, global_step=100), TrainerControl())
+        assert warned.wait(10 * STALL_SECONDS)
+    finally:
+        callback.monitor.close()
+    assert "while finishing the run" in warnings[0].message
+
+
+def test_a_stalled_training_step_still_reads_as_one():
+    callback, warnings, warned = make_callback()
+    try:
+        callback.on_step_end(None, TrainerState(max_steps=100, global_step=7), TrainerControl())
+        assert warned.wait(10 * STALL_SECONDS)
+    finally:
+        callback.monitor.close()
+    assert "No training step for" in warnings[0].message and "(last step 7)" in warnings[0].message
