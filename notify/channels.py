@@ -45,8 +45,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 import apprise

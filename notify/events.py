@@ -7,10 +7,11 @@ the run's ``notifications/events.jsonl`` and the tests all see the same thing.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from notify._checks import as_score, as_step, as_text
 from notify.formatting import format_score, format_steps

@@ -6,8 +6,9 @@ resume from an earlier checkpoint behave the same on every machine.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from notify._checks import as_finite, as_score, as_step
 from notify.events import (

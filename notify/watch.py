@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numbers
 import threading
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from notify._checks import as_finite, as_step
 from notify.events import NotificationEvent, warning_event

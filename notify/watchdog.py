@@ -13,7 +13,7 @@ import math
 import numbers
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ with the field's name, instead of producing a wrong score later.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 SCHEMA_VERSION = "1.1"  # 1.1: verdicts with confidence, top_concern
 
@@ -124,7 +125,8 @@ class ImprovementSuggestion:
             object.__setattr__(self, "category", Category(self.category))
         except ValueError:
             allowed = ", ".join(c.value for c in Category)
-            raise ValueError(f"ImprovementSuggestion.category must be one of {allowed}, got {self.category!r}") from None
+            raise ValueError(
+                f"ImprovementSuggestion.category must be one of {allowed}, got {self.category!r}") from None
         try:
             object.__setattr__(self, "priority", Priority(self.priority))
         except ValueError:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,8 @@ from .params import Hyperparameters
 from .rules import HIGH, Findings, diagnose
 from .tables import TABLES, assessment_for
 from .thresholds import Thresholds
-from .wording import moved, pct as _pct, span
+from .wording import moved, span
+from .wording import pct as _pct
 
 # A run that did not learn is never Good or Excellent, whatever its other factors earn: the score stops here.
 NOT_LEARNED_SCORE_CAP = 49.0
@@ -98,7 +100,8 @@ def analyze_history(
         loss_history=tuple(curves.train_loss),
         eval_loss_history=tuple(curves.eval_loss) if curves.eval_loss is not None else (),
         gradient_norms=tuple(curves.grad_norm) if curves.grad_norm is not None else (),
-        learning_rate=learning_rate if learning_rate and math.isfinite(learning_rate) else (lr if (lr := hp.number("learning_rate")) and lr > 0 else None),
+        learning_rate=learning_rate if learning_rate and math.isfinite(learning_rate)
+        else (lr if (lr := hp.number("learning_rate")) and lr > 0 else None),
         hyperparameters=dict(params or {}),
     )
     return build_analysis(result, findings, curves, thresholds, used)
@@ -170,7 +173,8 @@ def _convergence(r: TrainingResult, f: Findings | None) -> FactorScore:
     stats = (f"Mann-Kendall z={trend.z:.2f}, p={trend.p_value:.2g}, Hamed-Rao corrected" if trend
              else "too few points for a trend test")
     where = f"over the final window (steps {span(c.window_start_step, f.endpoints.last_step)}; {stats})"
-    matters = f"a change must exceed {_pct(c.material)} of the loss level to matter here: beyond its noise, 5% of the level and 1% of the run's fall"
+    matters = (f"a change must exceed {_pct(c.material)} of the loss level to matter here: beyond its noise, "
+               "5% of the level and 1% of the run's fall")
     if c.converged:
         why = ("no significant trend" if trend and not trend.significant and abs(c.change) > c.material
                else "within its noise")

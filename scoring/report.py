@@ -59,7 +59,8 @@ def render_markdown(analysis: QualityAnalysis) -> str:
         lines.append("")
     unmeasured = [FACTOR_TITLES[n] for n, f in analysis.factors.items() if not f.measured]
     if unmeasured:
-        lines += [f"Not measured (left out of the score, which is rescaled over the rest): {', '.join(unmeasured)}.", ""]
+        lines += [f"Not measured (left out of the score, which is rescaled over the rest): {', '.join(unmeasured)}.",
+                  ""]
     lines += ["## Score breakdown", "", "| Factor | Points | Why |", "|---|---|---|"]
     for name, f in analysis.factors.items():
         points = f"{f.points:g}/{f.max_points}" if f.measured else f"n/a (of {f.max_points})"

@@ -12,8 +12,8 @@ eval-rise and non-finite rules one log entry at a time while a run trains.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
-from .rules import Findings, chance_loss
 from .models import Category, FactorScore, ImprovementSuggestion, Priority, TrainingResult, format_value
 from .params import Hyperparameters, is_valid
+from .rules import Findings, chance_loss
 from .thresholds import Thresholds
 from .wording import moved
 

@@ -8,8 +8,8 @@ first row whose comparison holds wins, otherwise ``default`` applies.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

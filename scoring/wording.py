@@ -3,7 +3,7 @@ the sign carried by the verb and never repeated in the number (no "fell -9.5%").
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def pct(x: float) -> str:

@@ -189,7 +189,8 @@ def postgres_mlflow_server(tmp_path, monkeypatch):
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "postgres", "-c",
                         "CREATE DATABASE mlflow"], check=True, capture_output=True, timeout=60)
         artifacts = tmp_path / "artifacts"
-        with _running_mlflow_server(f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow", artifacts, monkeypatch) as server:
+        backend = f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+        with _running_mlflow_server(backend, artifacts, monkeypatch) as server:
             yield server.uri
     finally:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 
-def frame(**metrics: "tuple[np.ndarray, np.ndarray]") -> pd.DataFrame:
+def frame(**metrics: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
     """history(loss=(steps, values), eval_loss=(steps, values), ...) -> DataFrame(key, step, value)."""
     rows = [
         pd.DataFrame({"key": key, "step": np.asarray(steps, dtype=int), "value": np.asarray(values, dtype=float)})

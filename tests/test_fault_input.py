@@ -248,6 +248,7 @@ def test_the_bad_value_table_covers_every_mlproject_parameter():
 
 
 @pytest.mark.parametrize("param, value", BAD_VALUES, ids=[f"{p}={v or 'empty'}" for p, v in BAD_VALUES])
+@pytest.mark.slow
 def test_a_bad_parameter_is_refused_in_one_line_naming_it_before_any_mlflow_run(tmp_path, param, value):
     _fixtures(tmp_path)
     done = _train(tmp_path, *_args(tmp_path, param, value))

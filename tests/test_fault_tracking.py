@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
-
 from receivers import HTTPReceiver
+
 from tracking.run_logger import RunLogger
+
+pytestmark = pytest.mark.slow  # every test here trains a model or starts a server
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("loss", "grad_norm", "learning_rate", "epoch")

@@ -8,8 +8,8 @@ import time
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-
 from receivers import HTTPReceiver
+
 from tracking.analyze import analyze_run
 from tracking.compare import compare_runs, log_comparison
 from tracking.config import TrainConfig

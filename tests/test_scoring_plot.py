@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from histories import frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from histories import frame
 from scoring import analyze_history
 from scoring.plot import MAX_PLOTTED_POINTS, envelope
 

@@ -8,9 +8,6 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from histories import (
     decaying,
     evals_of,
@@ -22,6 +19,9 @@ from histories import (
     still_falling,
     with_values,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from scoring import (
     Category,
     Priority,
@@ -358,7 +358,8 @@ def test_a_rising_eval_loss_suggests_keeping_the_best_checkpoint():
     assert "0.5 at step 80" in keep.message and "load_best_model_at_end=True" in keep.message
     assert keep.change == "load_best_model_at_end: unset -> True"
     factor = analysis.factors["overfitting"]
-    assert "eval loss rose from its best eval loss 0.5 at step 80 to 0.75 at step 200 (50.0% above" in factor.explanation
+    expected = "eval loss rose from its best eval loss 0.5 at step 80 to 0.75 at step 200 (50.0% above"
+    assert expected in factor.explanation
     assert factor.value == pytest.approx(0.5) and factor.points == 0
     assert analysis.verdicts["overfit"].answer == "yes"
     assert analysis.top_concern == "overfitting" and analysis.suggestions[0] is keep
@@ -450,7 +451,8 @@ def test_a_classifier_at_chance_level_did_not_learn():
 
 
 def test_an_all_zero_loss_is_a_dead_run_not_a_perfect_one():
-    analysis = analyze_history(frame(loss=(np.arange(1, 101), np.zeros(100)), grad_norm=(np.arange(1, 101), np.zeros(100))))
+    steps = np.arange(1, 101)
+    analysis = analyze_history(frame(loss=(steps, np.zeros(100)), grad_norm=(steps, np.zeros(100))))
     assert analysis.verdicts["learned"].answer == "no"
     assert "0.0 at every one of its 100 points" in analysis.verdicts["learned"].reason
     assert analysis.quality_score <= 49

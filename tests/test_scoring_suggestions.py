@@ -9,14 +9,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from histories import decaying, evals_of, flat, frame, rising_tail, still_falling
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from histories import decaying, evals_of, flat, frame, rising_tail, still_falling
 from scoring import QualityAnalysis, TrainingResult, analyze_history, analyze_training_quality
 from scoring.params import ALIASES
 
-EXAMPLES = settings(max_examples=300, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
 
 
 # --- what a valid value is, per parameter (independent of the code under test) --------------------------------

@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from histories import decaying, flat, frame, good_run, steady_grad
 
 import scoring.thresholds
-
-from histories import decaying, flat, frame, good_run, steady_grad
 from scoring import (
     Category,
     ImprovementSuggestion,

@@ -10,10 +10,10 @@ import sys
 
 import mlflow
 import pytest
+from conftest import REPO
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from tracking.analyze import AnalysisError, analyze_run
 
 
@@ -39,6 +39,7 @@ def _lightning_run(client: MlflowClient) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_lightning_style_run_is_detected_and_written_back(tracking_uri):
     client = MlflowClient()
     run_id = _lightning_run(client)
@@ -51,6 +52,7 @@ def test_lightning_style_run_is_detected_and_written_back(tracking_uri):
     assert run.data.tags["quality.assessment"] == analysis.overall_assessment
 
 
+@pytest.mark.slow
 def test_analyzing_again_replaces_the_results(tracking_uri, tmp_path):
     client = MlflowClient()
     run_id = _lightning_run(client)
@@ -64,6 +66,7 @@ def test_analyzing_again_replaces_the_results(tracking_uri, tmp_path):
     assert "quality_score" not in second.metric_names.values()
 
 
+@pytest.mark.slow
 def test_metric_names_can_be_overridden(tracking_uri):
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("custom")).info.run_id
@@ -90,6 +93,7 @@ def test_a_run_without_a_loss_history_gets_a_clear_message_and_nothing_is_writte
         assert not client.list_artifacts(rid)
 
 
+@pytest.mark.slow
 def test_analyze_command_prints_one_line_errors(tracking_uri):
     done = subprocess.run([sys.executable, "-m", "tracking.cli", "analyze", "0123456789abcdef"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -99,6 +103,7 @@ def test_analyze_command_prints_one_line_errors(tracking_uri):
                     "Run with id=0123456789abcdef not found"]
 
 
+@pytest.mark.slow
 def test_analyze_command_and_entry_point_on_an_existing_run(tracking_uri, tmp_path):
     client = MlflowClient()
     run_id = _lightning_run(client)

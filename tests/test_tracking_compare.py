@@ -8,15 +8,16 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from tracking.compare import COMPARISON_TAG, compare_runs, log_comparison
 
 
 def _curve(n: int, start: float, floor: float, rate: float, wobble: float, seed: int) -> list[float]:
-    return [floor + (start - floor) * math.exp(-rate * s / n) + wobble * math.sin(seed + 1.7 * s) for s in range(1, n + 1)]
+    return [floor + (start - floor) * math.exp(-rate * s / n) + wobble * math.sin(seed + 1.7 * s)
+            for s in range(1, n + 1)]
 
 
 def _make_run(client, experiment_id, lr: str, good: bool, with_eval: bool, seed: int, extra_tags=()) -> str:
@@ -80,6 +81,7 @@ def test_ab_of_two_runs_names_the_better_one(experiment):
     assert "learning_rate" in result.ab.differing_params
 
 
+@pytest.mark.slow
 def test_compare_command_and_errors(experiment, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tracking.cli", "compare", "--experiment", "tuning",
                            "--filter", "params.learning_rate = '2e-4'", "--no-log"],
@@ -113,6 +115,7 @@ def test_a_thousand_analyzed_runs_compare_in_one_search(tracking_uri):
     assert {e.param for e in result.effects} == {"lora_r"}
 
 
+@pytest.mark.slow
 def test_compare_entry_point_logs_into_the_run_mlflow_made(experiment, tmp_path):
     client, experiment_id, *_ = experiment
     done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "compare", "--env-manager", "local",
@@ -129,7 +132,8 @@ def test_a_long_comparison_keeps_its_findings_in_the_run_description():
     from tracking.compare import NOTE_MAX_CHARS, NOTE_TABLE_ROWS, _note
 
     table = ["| run | score |", "|---|---|"] + [f"| `run{i:04d}` | {i % 100} |" for i in range(1000)]
-    markdown = "\n".join(["# Comparison of 1000 runs", "", *table, "", "## What goes with higher scores", "- lora_r 16"])
+    markdown = "\n".join(["# Comparison of 1000 runs", "", *table, "", "## What goes with higher scores",
+                          "- lora_r 16"])
     note = _note(markdown)
     assert len(markdown) > NOTE_MAX_CHARS >= len(note)
     assert note.count("| `run") == NOTE_TABLE_ROWS and "comparison/summary.md" in note

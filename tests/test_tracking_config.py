@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from dataclasses import fields
 
 import pytest
+import tomllib
 import yaml
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from tracking.config import ConfigError, TrainConfig
 
 
@@ -64,6 +64,7 @@ def test_notify_urls_are_not_logged_as_params():
     (["--model", "/nonexistent/model-dir"], "could not load model '/nonexistent/model-dir'"),
     (["--notify", "slak://nothing"], "is not a valid apprise URL"),
 ])
+@pytest.mark.slow
 def test_train_command_refuses_bad_input_in_one_line_before_any_run(tracking_uri, tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "tracking.cli", "train", *args, "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -89,6 +90,7 @@ def test_wrong_columns_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["train"], ["analyze", "abc"], ["compare", "--experiment", "x"]])
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_is_one_line_before_any_work(command, tmp_path, monkeypatch):
     from receivers import free_port
 

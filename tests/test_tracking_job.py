@@ -11,10 +11,9 @@ import sys
 
 import mlflow
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 

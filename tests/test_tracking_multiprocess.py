@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from receivers import HTTPReceiver
 
 pytestmark = pytest.mark.slow

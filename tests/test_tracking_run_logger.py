@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
 from receivers import free_port
+
 import tracking.run_logger
 from tracking.run_logger import RunLogger, read_unsent, upload_unsent
 
@@ -86,6 +86,7 @@ def test_flush_waits_for_what_was_logged_before_it(tracking_uri, tmp_path):
     logger.close()
 
 
+@pytest.mark.slow
 def test_a_failing_store_is_retried_in_order_and_reported_once(tracking_uri, tmp_path):
     run_id = _new_run()
     troubles = []
@@ -103,6 +104,7 @@ def _unreachable_client():
     return MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
 
 
+@pytest.mark.slow
 def test_points_a_store_never_takes_are_kept_in_a_file_that_uploads_them_later(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     run_id = _new_run()
@@ -126,6 +128,7 @@ def test_points_a_store_never_takes_are_kept_in_a_file_that_uploads_them_later(t
     assert MlflowClient().get_run(run_id).data.tags["peft_studio.milestones_sent"] == "25"
 
 
+@pytest.mark.slow
 def test_the_buffer_is_bounded_while_the_store_is_away(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     run_id = _new_run()
@@ -144,6 +147,7 @@ def test_the_buffer_is_bounded_while_the_store_is_away(tracking_uri, tmp_path, m
     assert sorted(steps) == list(range(1, 5001))
 
 
+@pytest.mark.slow
 def test_when_the_store_comes_back_the_overflow_file_is_sent_too(tracking_uri, tmp_path):
     run_id = _new_run()
     path = tmp_path / "unsent.jsonl"
@@ -301,6 +305,7 @@ def _run_script(body: str, tracking_uri: str) -> subprocess.CompletedProcess:
                           env={**__import__("os").environ, "MLFLOW_TRACKING_URI": tracking_uri})
 
 
+@pytest.mark.slow
 def test_points_are_flushed_when_the_program_dies_of_an_exception(tracking_uri, tmp_path):
     run_id = _new_run()
     done = _run_script(f"""
@@ -315,6 +320,7 @@ def test_points_are_flushed_when_the_program_dies_of_an_exception(tracking_uri, 
     assert [m.step for m in MlflowClient().get_metric_history(run_id, "loss")] == list(range(1, 2001))
 
 
+@pytest.mark.slow
 def test_points_are_flushed_on_sigterm_in_the_training_job(tracking_uri, tmp_path):
     """SIGTERM becomes a stop (tracking.train), so the buffer is sent before the process ends."""
     import signal
@@ -338,7 +344,8 @@ def test_points_are_flushed_on_sigterm_in_the_training_job(tracking_uri, tmp_pat
         except KeyboardInterrupt:
             report = logger.close()
             print("last", last, report.complete, flush=True)
-    """)], cwd=REPO, stdout=subprocess.PIPE, text=True, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": tracking_uri})
     assert process.stdout.readline().strip() == "ready"
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)

@@ -9,9 +9,8 @@ import sys
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO
+from mlflow.tracking import MlflowClient
 from receivers import HTTPReceiver, free_port
 
 

@@ -24,10 +24,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from tracking.analyze import analyze_run
 
 CHROMIUM = Path("/usr/bin/chromium")

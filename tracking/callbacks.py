@@ -7,7 +7,7 @@ nothing, so under ``torchrun`` metrics are logged and milestones sent exactly on
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback

@@ -15,6 +15,7 @@ import click
 
 from .config import ConfigError, TrainConfig
 
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean "the user asked for something that cannot work": shown as one line.
 

@@ -100,7 +100,7 @@ class TrainConfig:
         return params
 
     @classmethod
-    def from_strings(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_strings(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from strings (MLproject parameters, CLI), with a clear error for a value of the wrong type."""
         kwargs: dict[str, Any] = {}
         known = {f.name: f for f in fields(cls)}

@@ -98,9 +98,11 @@ def load_text_data(config: TrainConfig) -> TextData:
     if classification:
         names = sorted(shuffled["label"].astype(str).unique())
         if len(names) < 2:
-            raise ConfigError(f"data {config.data!r} has a single label ({names[0]!r}); classification needs at least 2")
+            raise ConfigError(
+                f"data {config.data!r} has a single label ({names[0]!r}); classification needs at least 2")
         index = {name: i for i, name in enumerate(names)}
-        labels = (train_part["label"].astype(str).map(index).tolist(), eval_part["label"].astype(str).map(index).tolist())
+        labels = (train_part["label"].astype(str).map(index).tolist(),
+                  eval_part["label"].astype(str).map(index).tolist())
     return TextData(
         train_texts=train_part["text"].astype(str).tolist(),
         eval_texts=eval_part["text"].astype(str).tolist(),

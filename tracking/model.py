@@ -39,10 +39,8 @@ class LoadedModel:
 
 def load_lora_model(config: TrainConfig, label_names: list[str] | None) -> LoadedModel:
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
-
-    from transformers import set_seed
 
     source = resolve_model_source(config.model)
     set_seed(config.seed)  # the new head and the LoRA matrices are initialised here, before the Trainer seeds

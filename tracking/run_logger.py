@@ -20,9 +20,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient

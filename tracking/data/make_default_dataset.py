@@ -249,7 +249,8 @@ TEMPLATES: dict[str, list[str]] = {
     "bug_report": [
         "The invoice PDF shows the wrong total, the line items add up to {amount} but the total line says {amount}.",
         "The Remember me checkbox on the login page is ignored, it is unticked every time I come back.",
-        "The billing page in the {area} shows my plan as {plan} even though the invoice says {plan}. The charge itself is correct.",
+        "The billing page in the {area} shows my plan as {plan} even though the invoice says {plan}. "
+        "The charge itself is correct.",
         "The invite link we send to new users opens a blank page in {browser}. Other links work.",
         "The seat counter in the admin console is off by one after removing a user.",
         "When I try to {action} in the {area}, {symptom}.",
@@ -263,7 +264,8 @@ TEMPLATES: dict[str, list[str]] = {
         "Steps to reproduce: open the {area}, {action}, then refresh. Result: {symptom}.",
         "Found a bug: the totals on the reports page don't match the numbers in the {area}.",
         "Notifications stopped arriving on my {device} {timeframe} even though they are enabled.",
-        "The login page layout is broken on {browser}, the password field overlaps the logo. I can still sign in though.",
+        "The login page layout is broken on {browser}, the password field overlaps the logo. "
+        "I can still sign in though.",
         "Exporting invoices from the {area} produces a corrupted CSV file with missing columns.",
         "The {area} is extremely slow today, it takes over a minute to load and sometimes shows {errcode}.",
         "Dates in the {area} are shown one day off, looks like a timezone bug.",
