@@ -248,13 +248,23 @@ def test_the_bad_value_table_covers_every_mlproject_parameter():
 
 
 @pytest.mark.parametrize("param, value", BAD_VALUES, ids=[f"{p}={v or 'empty'}" for p, v in BAD_VALUES])
-@pytest.mark.slow
-def test_a_bad_parameter_is_refused_in_one_line_naming_it_before_any_mlflow_run(tmp_path, param, value):
+def test_a_bad_parameter_is_refused_in_one_line_naming_it_before_any_mlflow_run(tmp_path, monkeypatch, param, value):
+    """In process, through click's test runner (the same ``main`` the console script runs); the subprocess
+    path is covered by the --debug test below and by the ``mlflow run`` cases."""
+    from click.testing import CliRunner
+
+    from tracking.cli import main
+
     _fixtures(tmp_path)
-    done = _train(tmp_path, *_args(tmp_path, param, value))
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(main, ["train", *_args(tmp_path, param, value)])
     shown = f"{param} / --{param.replace('_', '-')}"
-    assert done.returncode != 0, f"{param}={value!r} was accepted:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+    assert done.exit_code != 0, f"{param}={value!r} was accepted:\n{done.output[-2000:]}"
+    assert isinstance(done.exception, SystemExit), repr(done.exception)
+    assert "Traceback" not in done.output, done.output[-3000:]
     # transformers' "Loading weights" bar precedes the one error that needs the model (target_modules)
     lines = [line for line in done.stderr.strip().splitlines() if not PROGRESS_BAR.match(line)]
     assert len(lines) == 1, f"stderr is not one line:\n{done.stderr[-3000:]}"
