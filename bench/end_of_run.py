@@ -1,4 +1,5 @@
-"""B2 end-of-run cost: from the last step to process exit, ours (flush, analysis, completion) vs. the stock MLflowCallback.
+"""B2 end-of-run cost: from the last step to process exit, ours (flush, analysis, completion) vs. the stock
+MLflowCallback.
 
 Each run is a fresh Python process (``python -m bench.end_of_run CONDITION STORE URL``) that feeds
 transformers' callbacks ``STEPS`` Trainer log entries of 4 metrics (loss, grad_norm, learning_rate,
@@ -8,9 +9,10 @@ when the process has exited. The difference is the end-of-run cost:
 
   stock  transformers' ``MLflowCallback`` (``report_to="mlflow"``), which logs every entry with
          ``mlflow.log_metrics(..., synchronous=False)``; at the end its queue must drain before exit
-  ours   ``MlflowMetricsCallback`` (``RunLogger`` batches) + notifications to a webhook on 127.0.0.1; at the
-         end: flush, ``analyze_run`` (read the history back, score, write tags/artifacts/plot), the
-         completion message with the score, ``set_terminated``
+  ours   ``MlflowMetricsCallback`` (``JobRunLogger`` batches) + notifications to a webhook on 127.0.0.1; at
+         the end what ``run_training`` does: flush, ``analyze_run`` (score the points this process sent,
+         which are the whole run here, write tags/artifacts/plot), the completion message with the score
+         and the loss-curve PNG, closing the logger and the run; ``skip_final_gc_at_exit`` as in the job
 
 Both log to a sqlite store of their own. Goals (printed, never asserted): ours <= 5 s, and at least 10x
 faster than the stock callback's end.
@@ -62,12 +64,13 @@ def child(condition: str, store: str, webhook: str) -> None:
         from notify.delivery import Notifier
         from tracking.callbacks import MlflowMetricsCallback, NotificationCallback
         from tracking.monitor import TrainingMonitor
-        from tracking.run_logger import RunLogger
+        from tracking.train import JobRunLogger, skip_final_gc_at_exit
 
+        skip_final_gc_at_exit()  # as run_training does first
         client = MlflowClient()
         run_id = mlflow.start_run().info.run_id
         notifier = Notifier(load_channels(webhook))
-        logger = RunLogger(client, run_id, unsent_path=Path(args.output_dir) / "unsent.jsonl")
+        logger = JobRunLogger(client, run_id, unsent_path=Path(args.output_dir) / "unsent.jsonl")
         notifications = NotificationCallback(lambda total, start: TrainingMonitor(notifier, total, start_step=start),
                                              "bench", "bench")
         callbacks = [MlflowMetricsCallback(logger), notifications]
@@ -83,7 +86,13 @@ def child(condition: str, store: str, webhook: str) -> None:
     for callback in callbacks:
         callback.on_train_end(args, state, control)
     if condition == "ours":
+        import tracking.analyze
         from tracking.analyze import analyze_run
+        from tracking.train import own_history
+
+        reads = []  # whether the analysis read the history back from MLflow (it should not have to here)
+        read_history = tracking.analyze.read_history
+        tracking.analyze.read_history = lambda *a: reads.append(1) or read_history(*a)
 
         phases = {}
         clock = time.perf_counter()
@@ -96,16 +105,20 @@ def child(condition: str, store: str, webhook: str) -> None:
 
         logger.flush()
         phase("flush")
-        analysis = analyze_run(client, run_id)
+        # As run_training: the points this process sent are the run's whole history (a new run, nothing
+        # failed), so they are scored without reading them back; the loss curve goes with the message.
+        png = Path(args.output_dir) / "loss_curve.png"
+        analysis = analyze_run(client, run_id, logged=own_history(logger, notifications.monitor, fresh_run=True),
+                               loss_curve_png=png)
         phase("analysis")
-        notifications.monitor.complete(analysis)
+        notifications.monitor.complete(analysis, None, [str(png)])
         notifications.monitor.close()
         phase("completion")
         logger.close()
         mlflow.end_run()
         phase("end_run")
-        print("phases " + " ".join(f"{k}={v:.2f}s" for k, v in phases.items()) + f" score={analysis.quality_score:g}",
-              flush=True)
+        print("phases " + " ".join(f"{k}={v:.2f}s" for k, v in phases.items())
+              + f" score={analysis.quality_score:g} read_back={len(reads)}", flush=True)
 
 
 def run_once(condition: str, folder: Path, webhook: str) -> tuple[float, float, str]:
@@ -130,7 +143,6 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
     import mlflow
     import transformers
-
     from receivers import HTTPReceiver
 
     now = datetime.datetime.now().astimezone()
@@ -145,8 +157,8 @@ def main() -> None:
             for condition in (("stock", "ours") if rep % 2 == 0 else ("ours", "stock")):
                 loop, end, phases = run_once(condition, Path(tmp), webhook.url())
                 ends[condition].append(end)
-                print(f"  rep {rep + 1} {condition:<5}  start+loop {loop:6.1f} s  last step -> exit {end:6.2f} s  {phases}",
-                      flush=True)
+                print(f"  rep {rep + 1} {condition:<5}  start+loop {loop:6.1f} s  "
+                      f"last step -> exit {end:6.2f} s  {phases}", flush=True)
         completions = [b for b in webhook.bodies if "Complete" in b.get("title", "")]
     stock, ours = statistics.median(ends["stock"]), statistics.median(ends["ours"])
     print()

@@ -88,6 +88,7 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
     """One training run; returns its step times in ms."""
     import mlflow
     from mlflow.tracking import MlflowClient
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from notify.channels import load_channels
     from notify.delivery import Notifier
@@ -97,8 +98,6 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
     from tracking.monitor import TrainingMonitor
     from tracking.run_logger import RunLogger
     from tracking.train import build_trainer
-
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     def quiet(trainer):
         """No progress bar or printed logs: the terminal is not what is measured."""
@@ -114,8 +113,8 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
         return timer.steps_ms()
     mlflow.set_tracking_uri(store)
     client = MlflowClient()
-    run_id = client.create_run(client.get_experiment_by_name("bench").experiment_id
-                               if client.get_experiment_by_name("bench") else client.create_experiment("bench")).info.run_id
+    found = client.get_experiment_by_name("bench")
+    run_id = client.create_run(found.experiment_id if found else client.create_experiment("bench")).info.run_id
     notifier = Notifier(load_channels(webhook_url))
     logger = RunLogger(client, run_id, unsent_path=Path(config.output_dir) / "unsent.jsonl")
     notifications = NotificationCallback(lambda total, start: TrainingMonitor(notifier, total, start_step=start),
@@ -131,7 +130,6 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
 def main() -> None:
     import torch
     import transformers
-
     from receivers import HTTPReceiver
 
     now = datetime.datetime.now().astimezone()

@@ -7,8 +7,8 @@ docs/scoring.md ("Metric names") and can be overridden per role.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ class Curves:
         eval_loss: tuple[float, ...] = (),
         grad_norm: tuple[float, ...] = (),
         total_steps: int | None = None,
-    ) -> "Curves":
+    ) -> Curves:
         """Curves from bare value lists (the scalar API): points are spread evenly over the run's steps."""
         # Never fewer steps than points, so every point keeps a step of its own.
         last = max(total_steps or 0, len(loss), len(eval_loss), len(grad_norm), 1)
@@ -68,7 +68,8 @@ def _one_value_per_step(series: pd.Series) -> pd.Series:
 
 def _validate(history: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(history, pd.DataFrame):
-        raise ValueError(f"history must be a pandas DataFrame with columns key, step, value; got {type(history).__name__}")
+        raise ValueError(
+            f"history must be a pandas DataFrame with columns key, step, value; got {type(history).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in history.columns]
     if missing:
         raise ValueError(

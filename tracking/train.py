@@ -22,12 +22,11 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-
 from .analyze import AnalysisError, analyze_run
 from .callbacks import MlflowMetricsCallback, NotificationCallback
 from .config import TrainConfig
 from .data import TextData, load_text_data
-from .mlflow_io import log_new_params, run_page_url, store_setup_lock
+from .mlflow_io import LoggedHistory, log_new_params, run_page_url, store_setup_lock
 from .model import LoadedModel, load_lora_model
 from .monitor import TrainingMonitor
 from .run_logger import LoggerReport, RunLogger
@@ -70,7 +69,8 @@ def _tokenize(tokenizer, texts: list[str], labels: list[int] | None, max_length:
 
 
 def _accuracy(eval_prediction) -> dict[str, float]:
-    logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) else eval_prediction.predictions
+    predictions = eval_prediction.predictions
+    logits = predictions[0] if isinstance(predictions, tuple) else predictions
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == eval_prediction.label_ids))}
 
 
@@ -97,7 +97,8 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
 
     classification = config.task == "classification"
     train = _tokenize(loaded.tokenizer, data.train_texts, data.train_labels, config.max_length)
-    evaluate = _tokenize(loaded.tokenizer, data.eval_texts, data.eval_labels, config.max_length) if data.eval_texts else None
+    evaluate = (_tokenize(loaded.tokenizer, data.eval_texts, data.eval_labels, config.max_length)
+                if data.eval_texts else None)
     steps = planned_steps(config, len(train))
     eval_steps = config.eval_steps or max(1, steps // 10)
     collator = (DataCollatorWithPadding(loaded.tokenizer) if classification
@@ -165,6 +166,7 @@ def _sigterm_as_stop():
 def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> JobResult:
     """Train, then analyze. ``notifier`` (a ``notify.Notifier``) is used only on the main process.
     Raises ``ConfigError`` before touching MLflow when a setting, the data or the model is wrong."""
+    skip_final_gc_at_exit()
     data = load_text_data(config)
     loaded = load_lora_model(config, data.label_names)
     if not is_main_process():
@@ -195,8 +197,10 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
                                start_step=start_step, params=params, stall_minutes=config.stall_minutes)
 
     notifications = NotificationCallback(make_monitor, config.model, config.data, url)
-    logger = RunLogger(client, run_id, unsent_path=Path(config.output_dir).resolve() / f"unsent-mlflow-{run_id}.jsonl",
-                       on_trouble=lambda error: _warn_tracking_trouble(notifier, notifications, error))
+    fresh_run = not existing.metrics  # the run holds no point from an earlier attempt or another process
+    logger = JobRunLogger(client, run_id,
+                          unsent_path=Path(config.output_dir).resolve() / f"unsent-mlflow-{run_id}.jsonl",
+                          on_trouble=lambda error: _warn_tracking_trouble(notifier, notifications, error))
 
     @notifier.add_callback
     def record_sent(event) -> None:  # with the run as they go: a resume after a hard kill repeats none
@@ -223,14 +227,17 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
             log.info("training finished in %.1f s", time.monotonic() - started)
             adapter = _save_adapter(trainer, config)
             monitor = notifications.monitor or make_monitor(max(trainer.state.max_steps, 1), 0)
-            analysis = None
+            analysis, attachments = None, ()
             if _all_sent(logger):
                 client.log_artifacts(run_id, str(adapter), "adapter")
+                png = Path(config.output_dir) / "loss_curve.png"  # attached to the completion message too
                 try:
-                    analysis = analyze_run(client, run_id)
+                    analysis = analyze_run(client, run_id, logged=own_history(logger, monitor, fresh_run),
+                                           loss_curve_png=png)
+                    attachments = [str(png)] if analysis.curves is not None else ()
                 except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
                     log.warning("%s", exc)
-            monitor.complete(analysis, url, _loss_curve_png(analysis, config.output_dir) if analysis else ())
+            monitor.complete(analysis, url, attachments)
             report = _finish(run_id, monitor, logger, "FINISHED")
             return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
         except BaseException as exc:
@@ -253,6 +260,74 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
 # PEFT_STUDIO_STORE_PATIENCE (seconds) changes the latter.
 FLUSH_TIMEOUT_SECONDS = 300.0
 STORE_PATIENCE_SECONDS = 60.0
+
+
+class JobRunLogger(RunLogger):
+    """The job's ``RunLogger``, which also keeps every metric point it is given (``LoggedHistory``, about 24
+    bytes a point), so the end of the run can score the history this process sent instead of reading it back
+    from MLflow (bench/RESULTS.md B2)."""
+
+    def __init__(self, *args, **kwargs):
+        self.history = LoggedHistory()
+        self._given = 0  # metric points and tags handed to the logger
+        self._count_lock = threading.Lock()  # tags come from the notifier's thread too
+        super().__init__(*args, **kwargs)
+
+    def log_metrics(self, metrics, step: int, timestamp_ms: int | None = None) -> None:
+        timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        values = {key: float(value) for key, value in metrics.items()}
+        with self._count_lock:
+            self.history.add(values, int(step), timestamp)
+            self._given += len(values)
+        super().log_metrics(values, step, timestamp)
+
+    def set_tag(self, key: str, value) -> None:
+        with self._count_lock:
+            self._given += 1
+        super().set_tag(key, value)
+
+    def sent_everything(self) -> bool:
+        """Everything given so far went into the run in ``log_batch`` calls that succeeded at once (a retried
+        batch may have reached the store twice; a point kept in the unsent file may not have reached it)."""
+        with self._count_lock:
+            given = self._given
+        return self.failures == 0 and self.unsent == 0 and self.lost == 0 and self.sent == given
+
+
+def own_history(logger: RunLogger, monitor: TrainingMonitor | None, fresh_run: bool) -> LoggedHistory | None:
+    """The points this process sent, when they are the run's whole history: the run had no metric when the
+    job began (``fresh_run``; not a rerun of an earlier attempt), training started at step 0 (not resumed
+    from a checkpoint), and every point went into the run at the first attempt. Otherwise None: the analysis
+    reads the history back from MLflow, as ``peft-studio analyze`` does."""
+    if not fresh_run or not isinstance(logger, JobRunLogger) or not logger.sent_everything():
+        return None
+    if monitor is not None and monitor.manager.start_step > 0:
+        return None
+    return logger.history
+
+
+_FINAL_GC_SKIPPED = False
+
+
+def skip_final_gc_at_exit() -> None:
+    """Make the interpreter's exit after a training job about 1 s shorter (bench/RESULTS.md B2).
+
+    With torch, transformers and MLflow loaded, most of the time between the end of ``main`` and the process
+    exiting is not atexit handlers (they take milliseconds) but the garbage collector walking every object
+    of those libraries again while the modules are torn down. ``gc.freeze()`` as the last atexit handler
+    moves the objects that exist then out of the collector's reach. Everything else still happens: every
+    atexit handler runs (registered when training begins, this one runs after those registered later, such
+    as MLflow's end of the active run and the metrics logger's close), objects freed by reference count are
+    freed, files are flushed and closed. What is skipped is collecting reference cycles that are still alive
+    at exit, whose finalizers Python never promises to run anyway; the run's points, artifacts and status are
+    written before (``_finish``), and a run still open at exit is ended by MLflow's handler as before."""
+    global _FINAL_GC_SKIPPED
+    if not _FINAL_GC_SKIPPED:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _FINAL_GC_SKIPPED = True
 
 
 def _all_sent(logger: RunLogger) -> bool:
@@ -311,17 +386,6 @@ def _save_adapter(trainer, config: TrainConfig) -> Path:
     target = Path(config.output_dir) / "adapter"
     trainer.save_model(str(target))
     return target
-
-
-def _loss_curve_png(analysis, output_dir: str) -> list[str]:
-    """The plot to attach to the completion message, written where the run's outputs live (the notifier
-    reads it later, on its own thread)."""
-    if analysis.curves is None:
-        return []
-    png = Path(output_dir) / "loss_curve.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    analysis.loss_curve_figure().savefig(png)
-    return [str(png)]
 
 
 def _partial_analysis(client: MlflowClient, run_id: str) -> None:

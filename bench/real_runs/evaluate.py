@@ -104,7 +104,8 @@ def dead_runs_rated_well(outcomes: list[Outcome], labels: dict[str, dict]) -> li
             if labels[o.run_id]["learned"] == "no" and o.answers.get("band") in ("Excellent", "Good")]
 
 
-def markdown(outcomes: list[Outcome], labels: dict[str, dict], list_splits: tuple[str, ...] = ("dev", "holdout")) -> str:
+def markdown(outcomes: list[Outcome], labels: dict[str, dict],
+             list_splits: tuple[str, ...] = ("dev", "holdout")) -> str:
     splits = {"all": outcomes}
     for name in sorted({o.split for o in outcomes}):
         splits[name] = [o for o in outcomes if o.split == name]
@@ -116,7 +117,8 @@ def markdown(outcomes: list[Outcome], labels: dict[str, dict], list_splits: tupl
     crashes = [o.run_id for o in outcomes if o.error]
     dead = dead_runs_rated_well(outcomes, labels)
     lines += ["", f"Crashes: {len(crashes)}{' (' + ', '.join(crashes) + ')' if crashes else ''}. "
-              f"Runs that did not learn rated Good or Excellent: {len(dead)}{' (' + ', '.join(dead) + ')' if dead else ''}."]
+              f"Runs that did not learn rated Good or Excellent: "
+              f"{len(dead)}{' (' + ', '.join(dead) + ')' if dead else ''}."]
     wrong = [o for o in outcomes if not all(o.agree.values()) and o.split in list_splits]
     if wrong:
         lines += ["", "Disagreements (analyzer / label):", ""]
@@ -147,7 +149,8 @@ def write_into(path: Path, text: str, section: str = "real-runs") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench real-runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=("dev", "holdout"), help="list the disagreements of this split only")
-    parser.add_argument("--write", action="store_true", help="write the tables into bench/RESULTS.md and docs/scoring.md (with the thresholds)")
+    parser.add_argument("--write", action="store_true",
+                        help="write the tables into bench/RESULTS.md and docs/scoring.md (with the thresholds)")
     args = parser.parse_args([a for a in sys.argv[1:] if a.startswith('-')] if argv is None else argv)
     runs, labels = load_runs(), load_labels()
     started = time.perf_counter()

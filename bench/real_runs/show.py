@@ -42,7 +42,8 @@ def describe(run: dict) -> str:
         lines.append(f"  first 8: {np.round(values[:8], 4).tolist()}")
         lines.append(f"  last 8:  {np.round(values[-8:], 4).tolist()}")
         if len(finite):
-            lines.append(f"  min {finite.min():.4g}  max {finite.max():.4g}  median first 10% {np.median(values[:k]):.4g}  "
+            lines.append(f"  min {finite.min():.4g}  max {finite.max():.4g}  "
+                         f"median first 10% {np.median(values[:k]):.4g}  "
                          f"median last 10% {np.median(values[-k:]):.4g}")
             fifth = steps >= steps[0] + 0.8 * (steps[-1] - steps[0])
             tail = values[fifth & np.isfinite(values)]
