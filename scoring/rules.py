@@ -305,8 +305,19 @@ def spike_mask(values: np.ndarray, window: int, zscore: float, min_rise: float) 
     centre = previous.median().to_numpy()
     spread = (previous.quantile(0.75) - previous.quantile(0.25)).to_numpy() / IQR_TO_SD
     rise = values - centre
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         return (rise > zscore * np.maximum(spread, 1e-12)) & (rise > min_rise)
+
+
+def is_spike(previous: np.ndarray, value: float, zscore: float, min_rise: float) -> bool:
+    """``spike_mask``'s test for one new point after exactly `window` finite ones, in numpy: the live
+    warnings call it on every logged loss, where a pandas rolling window would cost the training loop about
+    half a millisecond a step. Same median, same linear-interpolated quartiles, so the same answer."""
+    centre = float(np.median(previous))
+    q1, q3 = np.quantile(previous, (0.25, 0.75))
+    rise = value - centre
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(rise > zscore * max((q3 - q1) / IQR_TO_SD, 1e-12) and rise > min_rise)
 
 
 def spike_floor(initial: float, thresholds: Thresholds) -> float:
@@ -661,8 +672,7 @@ class LiveRules:
             self._first.append(loss)  # the start, read as the post-run analysis reads it
         if len(window) < t.spike_window or step <= self._warmup_end:
             return []
-        if not spike_mask(np.array(self._losses), t.spike_window, t.spike_zscore,
-                          spike_floor(initial_loss(np.array(self._first), t), t))[-1]:
+        if not is_spike(np.array(window), loss, t.spike_zscore, spike_floor(initial_loss(np.array(self._first), t), t)):
             return []
         centre = float(np.median(window))
         return [Alert("loss_spike", step, f"Loss spiked to {_show(loss)} at step {step}, far above the median of "

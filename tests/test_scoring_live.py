@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from histories import decaying
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import Alert, LiveRules, Thresholds
-from scoring.rules import endpoints, eval_rise, stability
+from scoring.rules import endpoints, eval_rise, is_spike, spike_mask, stability
 
 # The spike and eval thresholds these tests reason with (the defaults at the time of writing, pinned).
 SPIKES = {"spike_window": 20, "spike_zscore": 6.0, "spike_min_rise": 0.10}
@@ -354,3 +356,12 @@ def test_the_live_eval_alert_fires_exactly_when_eval_rise_says_rising(seed):
         assert alerted == rising, f"evaluation {k} (step {step})"
         verdicts.append(rising)
     assert any(verdicts) and not all(verdicts)  # the curve both falls (no alert) and overfits (alerts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=21, max_size=21), st.floats(0.5, 10.0), st.floats(0.0, 5.0))
+def test_the_live_spike_test_is_the_post_run_one_on_the_last_point(values, zscore, min_rise):
+    """``is_spike`` (numpy, per logged loss) answers exactly what ``spike_mask`` (pandas) says of the last point."""
+    window = len(values) - 1
+    assert is_spike(np.array(values[:-1]), values[-1], zscore, min_rise) == bool(
+        spike_mask(np.array(values), window, zscore, min_rise)[-1])
