@@ -63,33 +63,32 @@ def test_a_long_evaluation_with_prediction_steps_is_no_stall():
     assert warnings == []
 
 
-def test_a_stall_names_the_phase_it_happened_in():
+def stall_after(hook) -> str:
+    """The one warning message a stall gives after ``hook(callback)``, when nothing else happens."""
     callback, warnings, warned = make_callback()
     try:
-        state = TrainerState(max_steps=100, global_step=10)
-        callback.on_step_end(None, state, TrainerControl(should_save=True))  # then the save hangs
+        hook(callback)
         assert warned.wait(10 * STALL_SECONDS)
     finally:
         callback.monitor.close()
     (warning,) = warnings
-    assert "No progress for" in warning.message and "while saving a checkpoint after step 10" in warning.message
+    return warning.message
+
+
+def test_a_stall_names_the_phase_it_happened_in():
+    state = TrainerState(max_steps=100, global_step=10)
+    # a step, then the save hangs
+    message = stall_after(lambda callback: callback.on_step_end(None, state, TrainerControl(should_save=True)))
+    assert "No progress for" in message and "while saving a checkpoint after step 10" in message
 
 
 def test_the_end_of_the_run_is_its_own_phase():
-    callback, warnings, warned = make_callback()
-    try:
-        callback.on_train_end(None, TrainerState(max_steps=100, global_step=100), TrainerControl())
-        assert warned.wait(10 * STALL_SECONDS)
-    finally:
-        callback.monitor.close()
-    assert "while finishing the run" in warnings[0].message
+    state = TrainerState(max_steps=100, global_step=100)
+    message = stall_after(lambda callback: callback.on_train_end(None, state, TrainerControl()))
+    assert "while finishing the run" in message
 
 
 def test_a_stalled_training_step_still_reads_as_one():
-    callback, warnings, warned = make_callback()
-    try:
-        callback.on_step_end(None, TrainerState(max_steps=100, global_step=7), TrainerControl())
-        assert warned.wait(10 * STALL_SECONDS)
-    finally:
-        callback.monitor.close()
-    assert "No training step for" in warnings[0].message and "(last step 7)" in warnings[0].message
+    state = TrainerState(max_steps=100, global_step=7)
+    message = stall_after(lambda callback: callback.on_step_end(None, state, TrainerControl()))
+    assert "No training step for" in message and "(last step 7)" in message

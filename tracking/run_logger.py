@@ -37,6 +37,10 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between attempts; the last
 Item = tuple
 
 
+# How an on_trouble message about the unsent-points file begins (the others are about the store being away).
+CANNOT_KEEP = "points cannot be kept"
+
+
 @dataclass(frozen=True)
 class LoggerReport:
     """What ``RunLogger.close`` achieved: everything sent, or how much waits in ``unsent_path``, and how
@@ -285,7 +289,7 @@ class RunLogger:
         except Exception as exc:
             if self._keep_error is None:
                 self._keep_error = _one_line(exc)
-                self._untold = (f"points cannot be kept in {self.unsent_path} ({self._keep_error}); they wait "
+                self._untold = (f"{CANNOT_KEEP} in {self.unsent_path} ({self._keep_error}); they wait "
                                 f"in memory (up to {self.max_buffered}), older ones are lost")
                 log.warning("%s", self._untold)
             return False

@@ -29,7 +29,7 @@ from .data import TextData, load_text_data
 from .mlflow_io import LoggedHistory, log_new_params, run_page_url, store_setup_lock
 from .model import LoadedModel, load_lora_model
 from .monitor import TrainingMonitor
-from .run_logger import LoggerReport, RunLogger
+from .run_logger import CANNOT_KEEP, LoggerReport, RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _warn_tracking_trouble(notifier, notifications: NotificationCallback, error:
 
     monitor = notifications.monitor
     step, total = (monitor.step_reached, monitor.manager.total_steps) if monitor else (None, None)
-    if "cannot be kept" in error:  # the unsent-points file cannot be written either
+    if error.startswith(CANNOT_KEEP):  # the unsent-points file cannot be written either
         notifier.send(warning_event("metrics at risk", f"The {error}. Training goes on.", step, total))
         return
     notifier.send(warning_event("MLflow unreachable", f"MLflow did not take the latest metrics ({error}). "
