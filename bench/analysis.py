@@ -66,12 +66,12 @@ PHASES = ("read", "score", "plot", "write", "other")
 @contextlib.contextmanager
 def phase_timer():
     """Time the phases of ``analyze_run`` while the block runs: yields a dict filled with seconds."""
+    import scoring.plot
     import tracking.analyze as analyze_module
-    from scoring.models import QualityAnalysis
 
     spent = {"read": 0.0, "score": 0.0, "plot": 0.0, "write": 0.0}
     originals = {name: getattr(analyze_module, name) for name in ("read_history", "analyze_history", "write_analysis")}
-    original_figure = QualityAnalysis.loss_curve_figure
+    original_figure = scoring.plot.loss_curve_figure
 
     def timing(phase, fn):
         def wrapper(*args, **kwargs):
@@ -82,9 +82,9 @@ def phase_timer():
                 spent[phase] += time.perf_counter() - start
         return wrapper
 
-    def figure(self):
+    def figure(analysis):
         start = time.perf_counter()
-        fig = original_figure(self)
+        fig = original_figure(analysis)
         spent["plot"] += time.perf_counter() - start
         fig.savefig = timing("plot", fig.savefig)  # MLflow's log_figure renders the PNG with fig.savefig
         return fig
@@ -92,13 +92,13 @@ def phase_timer():
     analyze_module.read_history = timing("read", originals["read_history"])
     analyze_module.analyze_history = timing("score", originals["analyze_history"])
     analyze_module.write_analysis = timing("write", originals["write_analysis"])
-    QualityAnalysis.loss_curve_figure = figure
+    scoring.plot.loss_curve_figure = figure  # write_analysis imports it by name when it runs
     try:
         yield spent
     finally:
         for name, fn in originals.items():
             setattr(analyze_module, name, fn)
-        QualityAnalysis.loss_curve_figure = original_figure
+        scoring.plot.loss_curve_figure = original_figure
         spent["write"] -= spent["plot"]  # the plot is drawn and rendered inside write_analysis
 
 
@@ -107,11 +107,12 @@ def warm_up() -> None:
     import pandas as pd
 
     from scoring import analyze_history
+    from scoring.plot import loss_curve_figure
 
     small = synthetic_history(200, seed=1, eval_every=20)
     frame = pd.concat([pd.DataFrame({"key": key, "step": steps, "value": values})
                        for key, (steps, values) in small.items()], ignore_index=True)
-    analyze_history(frame).loss_curve_figure().savefig(io.BytesIO(), format="png")
+    loss_curve_figure(analyze_history(frame)).savefig(io.BytesIO(), format="png")
 
 
 def measure(kind: str) -> dict:
@@ -185,7 +186,7 @@ def report(results: list[dict]) -> None:
     print()
     print("read: tracking.mlflow_io.read_history (get_run + get_metric_history per key + building the frame); "
           "score: scoring.analyze_history;")
-    print("plot: loss_curve_figure() + savefig to PNG; write: write_analysis less the plot (log_batch of the "
+    print("plot: loss_curve_figure(analysis) + savefig to PNG; write: write_analysis less the plot (log_batch of the "
           "metric and tags, analysis.json, report.md, the PNG upload); other: analyze_run's get_run.")
     for r in results:
         print(f"{r['kind']}: run created in {r['created_s']:.1f} s; quality/ holds {', '.join(r['artifacts'])}")

@@ -60,8 +60,7 @@ def child(condition: str, store: str, webhook: str) -> None:
     else:
         from mlflow.tracking import MlflowClient
 
-        from notify.channels import load_channels
-        from notify.delivery import Notifier
+        from notify.delivery import Notifier, load_channels
         from tracking.callbacks import MlflowMetricsCallback, NotificationCallback
         from tracking.monitor import TrainingMonitor
         from tracking.train import JobRunLogger, skip_final_gc_at_exit

@@ -46,8 +46,8 @@ for _path in (REPO, REPO / "tests"):
 
 from receivers import HTTPReceiver  # noqa: E402  (tests/receivers.py)
 
-from notify.channels import load_channels  # noqa: E402
 from notify.delivery import Notifier  # noqa: E402
+from notify.delivery.channels import load_channels  # noqa: E402
 from tracking.monitor import TrainingMonitor  # noqa: E402
 
 TOTAL_STEPS = 400

@@ -90,8 +90,7 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
     from mlflow.tracking import MlflowClient
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.callbacks import MlflowMetricsCallback, NotificationCallback
     from tracking.data import load_text_data
     from tracking.model import load_lora_model

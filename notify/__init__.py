@@ -1,9 +1,12 @@
-"""Milestone notifications for training runs: pure detection and deduplication (no I/O here).
+"""Milestone notifications for training runs: what to say and when, in pure code (no I/O here).
 
 ``check_progress_milestone`` is the stateless product API; a training run keeps one ``NotificationManager``
 so that no milestone is ever sent twice, even after a resume. Likewise one ``TrainingWatch`` per run turns
-Trainer logs into warnings (NaN/inf, loss spike, rising eval loss, stall), each sent once, and a
-``StallWatchdog`` thread notices when steps stop coming.
+Trainer logs into warnings (NaN/inf, loss spike, rising eval loss, stall), each sent once.
+
+Sending is the other room, ``notify.delivery`` (apprise channels, the delivery worker, and the
+``StallWatchdog`` thread that notices when steps stop coming). Its names are re-exported here but load
+on first use, so that ``import notify`` imports no apprise and starts no thread.
 """
 
 from notify.events import (
@@ -36,7 +39,6 @@ from notify.watch import (
     WARNING_KINDS,
     TrainingWatch,
 )
-from notify.watchdog import StallWatchdog
 
 __all__ = [
     "DEFAULT_URGENCY",
@@ -50,7 +52,6 @@ __all__ = [
     "NotificationManager",
     "ProgressUpdate",
     "STALL",
-    "StallWatchdog",
     "TrainingWatch",
     "Urgency",
     "WARNING_ADVICE",
@@ -67,15 +68,10 @@ __all__ = [
     "warning_event",
 ]
 
-# Delivery imports apprise; it loads on first use so that `import notify` stays light.
-_LAZY = {
-    "ChannelError": "notify.channels",
-    "Channels": "notify.channels",
-    "fit_message": "notify.channels",
-    "load_channels": "notify.channels",
-    "Notifier": "notify.delivery",
-    "test_channels": "notify.delivery",
-}
+# Delivery imports apprise; it loads on first use so that `import notify` stays pure and light.
+_LAZY = frozenset(
+    {"ChannelError", "Channels", "fit_message", "load_channels", "Notifier", "StallWatchdog", "test_channels"}
+)
 
 
 def __getattr__(name: str):
@@ -83,6 +79,6 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'notify' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(importlib.import_module("notify.delivery"), name)
     globals()[name] = value
     return value

@@ -1,7 +1,8 @@
 """Pure quality analysis of a training run: a 0-100 score, its factors, and what to change next.
 
-Imports numpy, pandas, scipy, pymannkendall and matplotlib only (no MLflow, torch or apprise), so it can score
-any history.
+Imports numpy, pandas, scipy and pymannkendall only (no MLflow, torch or apprise), so it can score any history.
+The data model (``models``) knows neither how it is drawn nor how it is written: ``render_markdown`` writes the
+report and ``scoring.plot.loss_curve_figure`` draws the curves (matplotlib, imported only there).
 """
 
 from .compare import (
@@ -28,6 +29,7 @@ from .models import (
     Verdict,
 )
 from .quality import REQUIRED_SUMMARY_FIELDS, analyze_history, analyze_training_quality
+from .report import render_markdown
 from .rules import Alert, LiveRules
 from .tables import FACTOR_NAMES, TABLES
 from .thresholds import Thresholds
@@ -38,4 +40,5 @@ __all__ = [
     "REQUIRED_SUMMARY_FIELDS", "analyze_history", "analyze_training_quality", "FACTOR_NAMES", "TABLES", "Thresholds",
     "IGNORED_PARAMS", "ABResult", "ParamEffect", "ab_compare", "comparison_markdown", "differing_params",
     "eval_noise", "next_configuration", "param_effects", "run_params", "Alert", "LiveRules", "Verdict",
+    "render_markdown",
 ]

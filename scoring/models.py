@@ -231,17 +231,6 @@ class QualityAnalysis:
             "top_concern": self.top_concern,
         }
 
-    def to_markdown(self) -> str:
-        from .report import render_markdown
-
-        return render_markdown(self)
-
-    def loss_curve_figure(self):
-        """A matplotlib ``Figure`` of the loss curves with the detected events marked."""
-        from .plot import loss_curve_figure
-
-        return loss_curve_figure(self)
-
 
 def format_value(value: Any) -> str:
     """Short, exact-enough rendering of a parameter value: 0.0002 -> '2e-4', 16 -> '16', 0.1 -> '0.1'.

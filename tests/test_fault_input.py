@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scoring import analyze_history
+from scoring.report import render_markdown
 
 # --- 1. any history: a valid analysis or a ValueError, never a warning -------------------------------------
 
@@ -92,7 +93,7 @@ def _analyzed_or_refused(history: pd.DataFrame):
             return None
         assert 0 <= analysis.quality_score <= 100
         json.dumps(analysis.to_dict(), allow_nan=False)
-        analysis.to_markdown()
+        render_markdown(analysis)
         return analysis
 
 
@@ -166,7 +167,7 @@ def test_absurd_params_beside_a_history_never_break_the_analysis(params):
         analysis = analyze_history(history, params=params)
     assert 0 <= analysis.quality_score <= 100
     json.dumps(analysis.to_dict(), allow_nan=False)
-    analysis.to_markdown()
+    render_markdown(analysis)
 
 
 # --- 2. every MLproject parameter, given a bad value: one line, no traceback, no RUNNING run -----------------

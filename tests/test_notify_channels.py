@@ -15,18 +15,8 @@ from hypothesis import strategies as st
 from receivers import PASSWORD, SECRETS, SLACK_TOKEN
 
 from notify import EventType, NotificationEvent, Urgency, error_event
-from notify.channels import (
-    DESKTOP_URGENCY,
-    ENV_VAR,
-    NOTIFY_TYPES,
-    ChannelError,
-    Channels,
-    desktop_settings,
-    fit_message,
-    load_channels,
-    message_for,
-    receives,
-)
+from notify.delivery.channels import ENV_VAR, ChannelError, Channels, load_channels, receives
+from notify.delivery.messages import DESKTOP_URGENCY, NOTIFY_TYPES, desktop_settings, fit_message, message_for
 
 ROUTED_YAML = """\
 urls:

@@ -54,7 +54,7 @@ def test_notify_does_not_import_heavy_or_sibling_packages():
     import notify.events  # noqa: F401
     import notify.milestones  # noqa: F401
 
-    # Delivery (notify.channels, notify.delivery) wraps apprise by design; nothing in notify touches MLflow,
+    # Delivery (notify.delivery.channels, notify.delivery) wraps apprise by design; nothing in notify touches MLflow,
     # torch or scoring, and the pure milestone modules do not touch apprise either.
     pure = {"notify", "notify._checks", "notify.events", "notify.formatting", "notify.milestones"}
     source_modules = [m for name, m in list(sys.modules.items()) if name.startswith("notify")]

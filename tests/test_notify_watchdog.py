@@ -119,7 +119,7 @@ def test_an_exception_in_on_stall_is_logged_not_raised(clock, caplog):
         called.set()
         raise ConnectionError("channel down")
 
-    with caplog.at_level(logging.ERROR, logger="notify.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="notify.delivery.watchdog"):
         with StallWatchdog(10, on_stall=broken, clock=clock, poll_seconds=POLL) as watchdog:
             watchdog.beat(3)
             clock.advance(20)

@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 def test_train_notify_analyze_and_compare_through_a_server(mlflow_server, tmp_path):
     import mlflow
 
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.train import run_training
 
     mlflow.set_experiment("remote")

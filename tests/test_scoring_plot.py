@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from scoring import analyze_history
-from scoring.plot import MAX_PLOTTED_POINTS, envelope
+from scoring.plot import MAX_PLOTTED_POINTS, envelope, loss_curve_figure
 
 EXAMPLES = settings(max_examples=150, deadline=None)
 
@@ -88,7 +88,7 @@ def test_the_figure_of_a_100k_step_run_renders_with_its_events_at_true_steps():
     analysis = analyze_history(history)
     assert analysis.events["loss_spike_steps"] == spikes.tolist()
     assert analysis.events["grad_norm_spike_steps"] == (spikes + 3).tolist()
-    figure = analysis.loss_curve_figure()
+    figure = loss_curve_figure(analysis)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     assert buffer.getvalue().startswith(b"\x89PNG\r\n\x1a\n")

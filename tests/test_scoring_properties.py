@@ -19,6 +19,7 @@ from scoring import (
     analyze_history,
     analyze_training_quality,
 )
+from scoring.report import render_markdown
 
 EXAMPLES = settings(max_examples=150, deadline=None)
 
@@ -91,7 +92,7 @@ def test_the_analysis_serializes_to_strict_json_and_markdown(result):
     analysis = analyze_training_quality(result)
     data = json.loads(json.dumps(analysis.to_dict(), allow_nan=False))
     assert data["schema_version"]
-    assert analysis.to_markdown().startswith("# Training quality:")
+    assert render_markdown(analysis).startswith("# Training quality:")
 
 
 @EXAMPLES
@@ -183,7 +184,7 @@ def test_any_history_is_analyzed_or_refused_with_a_value_error(history):
         return
     assert_valid(analysis)
     assert analysis.metric_names["train_loss"] in set(history["key"])
-    analysis.to_markdown()
+    render_markdown(analysis)
 
 
 @EXAMPLES

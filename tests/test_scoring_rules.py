@@ -31,6 +31,8 @@ from scoring import (
     analyze_training_quality,
 )
 from scoring.models import format_value
+from scoring.plot import loss_curve_figure
+from scoring.report import render_markdown
 from scoring.rules import eval_rise
 from scoring.thresholds import Thresholds
 
@@ -436,7 +438,7 @@ def test_a_flat_loss_did_not_learn_and_is_rated_poor_whatever_else_it_earns():
     first = analysis.suggestions[0]
     assert first.category is Category.UNDERFITTING and first.priority is Priority.HIGH
     assert "did not learn" in first.message and first.change == "learning_rate: 1e-4 -> 2e-4"
-    assert "The model did not learn" in analysis.to_markdown()
+    assert "The model did not learn" in render_markdown(analysis)
 
 
 def test_a_classifier_at_chance_level_did_not_learn():
@@ -514,7 +516,7 @@ def test_an_override_names_the_training_loss():
     analysis = analyze_history(history, metric_names={"train_loss": "my_loss"})
     assert analysis.metric_names == {"train_loss": "my_loss"}
     assert analysis.factors["loss_reduction"].points >= 20  # read the decaying curve, not the flat one
-    assert "train_loss = `my_loss`" in analysis.to_markdown()
+    assert "train_loss = `my_loss`" in render_markdown(analysis)
 
 
 # --- epochs ------------------------------------------------------------------------------------------------------
@@ -602,7 +604,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
     frame(loss=diverging()),
 ], ids=["good", "spikes", "divergence"])
 def test_the_loss_curve_figure_renders_to_png(history):
-    figure = analyze_history(history).loss_curve_figure()
+    figure = loss_curve_figure(analyze_history(history))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     assert buffer.getvalue().startswith(PNG_MAGIC)
@@ -611,7 +613,7 @@ def test_the_loss_curve_figure_renders_to_png(history):
 def test_a_scalar_only_analysis_has_no_figure():
     analysis = analyze_training_quality(TrainingResult(final_loss=0.35, initial_loss=2.1))
     with pytest.raises(ValueError, match="no loss history to plot"):
-        analysis.loss_curve_figure()
+        loss_curve_figure(analysis)
 
 
 def test_a_short_final_window_is_converged_only_when_practically_flat():
@@ -678,5 +680,5 @@ def test_the_verdicts_and_top_concern_are_in_the_json_and_the_report():
     assert data["top_concern"] == "none"
     assert data["verdicts"]["learned"] == {"answer": "yes", "confidence": "high",
                                            "reason": analysis.verdicts["learned"].reason}
-    report = analysis.to_markdown()
+    report = render_markdown(analysis)
     assert "| Did the model learn? | yes | high |" in report and "Top concern: **none**" in report

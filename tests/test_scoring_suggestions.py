@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from scoring import QualityAnalysis, TrainingResult, analyze_history, analyze_training_quality
 from scoring.params import ALIASES
+from scoring.report import render_markdown
 
 EXAMPLES = settings(max_examples=100, deadline=None)
 
@@ -242,7 +243,7 @@ def texts(analysis: QualityAnalysis) -> list[str]:
     out += [v.reason for v in analysis.verdicts.values()]
     for s in analysis.suggestions:
         out += [s.message, s.change or ""]
-    out += [line for line in analysis.to_markdown().splitlines() if not TABLE_RULE.match(line.strip())]
+    out += [line for line in render_markdown(analysis).splitlines() if not TABLE_RULE.match(line.strip())]
     return out
 
 

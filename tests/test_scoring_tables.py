@@ -19,6 +19,7 @@ from scoring import (
     TrainingResult,
     analyze_training_quality,
 )
+from scoring.report import render_markdown
 
 INITIAL = 10.0  # (10 - 2) / 10 == 0.8 exactly in floats, likewise 0.6, 0.4, 0.2
 JUST = 1e-9
@@ -280,7 +281,7 @@ def test_spec_example_serializes_to_versioned_json(spec_example):
 
 
 def test_spec_example_markdown_shows_every_factor(spec_example):
-    text = spec_example.to_markdown()
+    text = render_markdown(spec_example)
     assert text.startswith("# Training quality: 100/100")
     for title in ("Loss reduction", "Convergence", "Stability", "Overfitting", "Efficiency"):
         assert f"| {title} |" in text

@@ -21,6 +21,7 @@ from scoring import (
     analyze_history,
     analyze_training_quality,
 )
+from scoring.report import render_markdown
 
 VALID = dict(final_loss=0.35, initial_loss=2.1, epochs_completed=3, total_steps=1000,
              convergence_achieved=True, gradient_norm_stable=True)
@@ -284,4 +285,4 @@ def test_an_absurd_learning_rate_param_still_gives_a_json_safe_analysis():
     raise_lr = [s for s in analysis.suggestions if s.category is Category.UNDERFITTING][0]
     assert "raise the learning rate" in raise_lr.message and raise_lr.change is None
     json.dumps(analysis.to_dict(), allow_nan=False)
-    analysis.to_markdown()
+    render_markdown(analysis)

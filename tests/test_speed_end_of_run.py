@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import tracking.analyze
+from scoring.report import render_markdown
 from tracking.analyze import analyze_run
 from tracking.mlflow_io import LoggedHistory, read_history, store_kind
 from tracking.train import JobRunLogger, own_history
@@ -26,7 +27,7 @@ def assert_same_analysis(ours, theirs) -> None:
                  "events", "metric_names", "top_concern"):
         assert repr(getattr(ours, name)) == repr(getattr(theirs, name)), name
     assert ours.to_dict() == theirs.to_dict()
-    assert ours.to_markdown() == theirs.to_markdown()
+    assert render_markdown(ours) == render_markdown(theirs)
     for role in ("train_loss", "eval_loss", "grad_norm", "learning_rate", "epoch"):
         a, b = getattr(ours.curves, role), getattr(theirs.curves, role)
         assert (a is None) == (b is None), role

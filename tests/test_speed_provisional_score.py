@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 import tracking.monitor
-from notify.channels import load_channels
-from notify.delivery import Notifier
+from notify.delivery import Notifier, load_channels
 from scoring import analyze_history
 from tracking.monitor import ScoreHelper, TrainingMonitor, history_frame
 

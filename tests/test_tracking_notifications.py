@@ -32,8 +32,7 @@ def _config(tmp_path, notify: str, **overrides) -> TrainConfig:
 
 
 def _train(config: TrainConfig, **notifier_options):
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.train import run_training
 
     channels = load_channels(config.notify)
@@ -89,8 +88,7 @@ def test_milestones_completion_and_email_with_the_plot(tracking_uri, tmp_path):
 def test_broken_channels_never_break_training(tracking_uri, tmp_path):
     """A webhook that hangs, one that answers 500 and a refused port: training finishes and is analyzed."""
     mlflow.set_experiment("faults")
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.train import run_training
 
     with HTTPReceiver() as slow, HTTPReceiver() as failing, SMTPReceiver() as smtp:

@@ -13,8 +13,7 @@ import time
 
 from transformers import TrainerControl, TrainerState
 
-from notify.channels import Channels
-from notify.delivery import Notifier
+from notify.delivery import Channels, Notifier
 from tracking.callbacks import NotificationCallback
 from tracking.monitor import TrainingMonitor
 

@@ -15,8 +15,7 @@ from receivers import HTTPReceiver, free_port
 
 
 def test_plain_loop_monitor_sends_milestones_warnings_and_calls_python_callbacks():
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.monitor import TrainingMonitor
 
     with HTTPReceiver() as webhook:
@@ -85,8 +84,7 @@ def test_notify_test_command_refuses_a_bad_url_in_one_line():
 
 
 def test_a_jump_over_several_milestones_sends_each_once_in_order():
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
     from tracking.monitor import TrainingMonitor
 
     with HTTPReceiver() as webhook:

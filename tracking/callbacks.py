@@ -104,8 +104,7 @@ class PeftStudioCallback(NotificationCallback):
 
     def __init__(self, notify: str | None = None, analyze: bool = True, stall_minutes: float = 15.0,
                  model: str = "your model", data: str = "your data"):
-        from notify.channels import load_channels
-        from notify.delivery import Notifier
+        from notify.delivery import Notifier, load_channels
 
         self.notifier = Notifier(load_channels(notify))
         self.analyze = analyze

@@ -21,7 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     Only from modules already imported (one never imported cannot have raised), so that reporting a bad
     setting does not first import MLflow for ``tracking.analyze``."""
-    where = (("notify.channels", "ChannelError"), ("tracking.analyze", "AnalysisError"),
+    where = (("notify.delivery.channels", "ChannelError"), ("tracking.analyze", "AnalysisError"),
              ("tracking.compare", "CompareError"))
     return (ConfigError, *(getattr(sys.modules[m], name) for m, name in where if m in sys.modules))
 
@@ -75,7 +75,7 @@ def main(debug: bool) -> None:
 
 def _redact_channel_secrets(record: logging.LogRecord) -> bool:
     """Mask notification channels' passwords and tokens in every log line (no channel loaded: nothing to do)."""
-    redact = getattr(sys.modules.get("notify.channels"), "RedactSecrets", None)  # None also while it imports
+    redact = getattr(sys.modules.get("notify.delivery.channels"), "RedactSecrets", None)  # None also while it imports
     return redact().filter(record) if redact is not None else True
 
 
@@ -108,8 +108,7 @@ def train(**settings: str) -> None:
     # MLflow's client retries a request for minutes by default; the job's own logging thread keeps and
     # resends points for as long as it takes, so a short MLflow retry lets it notice an outage in seconds.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    from notify.channels import load_channels
-    from notify.delivery import Notifier
+    from notify.delivery import Notifier, load_channels
 
     channels = load_channels(config.notify)  # bad URLs are refused here, before anything trains
     from .train import is_main_process, run_training
@@ -295,8 +294,7 @@ def notify_test(channels: str, timeout: float) -> None:
       peft-studio notify test 'dbus://'                      (Linux desktop)
       peft-studio notify test notify.yaml
     """
-    from notify.channels import load_channels
-    from notify.delivery import test_channels
+    from notify.delivery import load_channels, test_channels
 
     loaded = load_channels(channels)
     if not len(loaded):

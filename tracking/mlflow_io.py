@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from scoring import QualityAnalysis
+from scoring.report import render_markdown
 
 # What an analysis writes to a run; these never count as training metrics when the run is analyzed again.
 SCORE_METRIC = "quality_score"
@@ -187,8 +188,10 @@ def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis,
     completion message; MLflow's ``log_figure`` writes the same file through ``savefig``)."""
     from mlflow.entities import Metric, RunTag
 
+    from scoring.plot import loss_curve_figure  # matplotlib loads only when a run is analyzed
+
     data = analysis.to_dict()
-    report = analysis.to_markdown()
+    report = render_markdown(analysis)
     tags = {
         TAG_SCORE: f"{analysis.quality_score:g}",
         TAG_ASSESSMENT: analysis.overall_assessment,
@@ -212,11 +215,11 @@ def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis,
     if analysis.curves is None:
         return
     if loss_curve_png is None:
-        client.log_figure(run_id, analysis.loss_curve_figure(), f"{ARTIFACT_DIR}/{LOSS_CURVE_FILE}")
+        client.log_figure(run_id, loss_curve_figure(analysis), f"{ARTIFACT_DIR}/{LOSS_CURVE_FILE}")
         return
     png = Path(loss_curve_png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    analysis.loss_curve_figure().savefig(png)
+    loss_curve_figure(analysis).savefig(png)
     if png.name == LOSS_CURVE_FILE:
         client.log_artifact(run_id, str(png), ARTIFACT_DIR)
     else:

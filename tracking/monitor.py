@@ -53,8 +53,8 @@ from notify import (
     milestone_event,
     start_event,
 )
+from notify.delivery.watchdog import StallWatchdog
 from notify.watch import TrainingWatch
-from notify.watchdog import StallWatchdog
 from scoring import LiveRules, analyze_history
 
 log = logging.getLogger(__name__)

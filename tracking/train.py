@@ -174,8 +174,7 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
         trainer.train()
         return JobResult(None, None, trainer.state.global_step)
     if notifier is None:
-        from notify.channels import Channels
-        from notify.delivery import Notifier
+        from notify.delivery import Channels, Notifier
 
         notifier = Notifier(Channels())  # no channels: events are still recorded in events.jsonl
 

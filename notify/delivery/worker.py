@@ -46,7 +46,8 @@ from typing import Any
 import apprise
 from apprise import NotifyFormat, NotifyType
 
-from notify.channels import Channels, message_for
+from notify.delivery.channels import Channels
+from notify.delivery.messages import message_for
 from notify.events import EventType, NotificationEvent
 
 TEST_TITLE = "peft-studio test message"
