@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 
 import click
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, usable_path
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -75,7 +75,7 @@ def main(debug: bool) -> None:
 
 def _redact_channel_secrets(record: logging.LogRecord) -> bool:
     """Mask notification channels' passwords and tokens in every log line (no channel loaded: nothing to do)."""
-    redact = getattr(sys.modules.get("notify.delivery.channels"), "RedactSecrets", None)  # None also while it imports
+    redact = getattr(sys.modules.get("notify.delivery.redact"), "RedactSecrets", None)  # None also while it imports
     return redact().filter(record) if redact is not None else True
 
 
@@ -237,14 +237,13 @@ def upload(path: str, no_analyze: bool) -> None:
 
     Safe to repeat: MLflow skips points the run already has. Point MLFLOW_TRACKING_URI at the store first.
     """
-    from pathlib import Path
 
     from mlflow.tracking import MlflowClient
 
     from .analyze import analyze_run
     from .run_logger import upload_unsent
 
-    if not Path(path).is_file():
+    if not usable_path(path, "unsent-points file").is_file():
         raise ConfigError(f"no such file: {path}; pass the unsent-mlflow-*.jsonl file the training job named")
     client = MlflowClient()
     from mlflow.exceptions import MlflowException

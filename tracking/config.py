@@ -128,17 +128,28 @@ def _convert(name: str, type_name: Any, raw: Any) -> Any:
     return value
 
 
+def usable_path(text: str, what: str) -> Path:
+    """``text`` as a path; a ``ConfigError`` when the file system refuses the name itself (too long, say),
+    which ``Path.exists`` would raise as an OSError."""
+    path = Path(text).expanduser()
+    try:
+        path.exists()
+    except OSError as exc:
+        raise ConfigError(f"{what} {text!r} cannot be a path here ({exc.strerror}); pass a valid path") from None
+    return path
+
+
 def _check_paths(cfg: TrainConfig) -> None:
     """A model given as a local path must exist; output_dir must be (or become) a writable directory."""
     model = cfg.model.strip()
     if model.startswith("builtin:") and model != DEFAULT_MODEL:
         raise ConfigError(f"unknown built-in model {cfg.model!r}; built-in: {DEFAULT_MODEL}")
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+    if model.startswith(("/", "./", "../", "~")) and not usable_path(model, "model").exists():
         raise ConfigError(f"could not load model {cfg.model!r}: no such local directory; pass an existing model "
                           "directory or a Hugging Face model id (e.g. distilbert-base-uncased)")
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir must not be empty; pass a directory for checkpoints and the adapter")
-    target = Path(cfg.output_dir).expanduser().absolute()
+    target = usable_path(cfg.output_dir, "output_dir").absolute()
     for path in (target, *target.parents):  # the nearest part that exists decides
         if not path.exists():
             continue

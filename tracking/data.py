@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import DEFAULT_DATA, ConfigError, TrainConfig
+from .config import DEFAULT_DATA, ConfigError, TrainConfig, usable_path
 
 BUILTIN_DATA = {DEFAULT_DATA: Path(__file__).parent / "data" / "support_tickets.csv"}
 MIN_EXAMPLES = 4
@@ -35,7 +35,7 @@ def resolve_data_source(data: str) -> Path | str:
         return BUILTIN_DATA[data]
     if data.startswith("builtin:"):
         raise ConfigError(f"unknown built-in data {data!r}; built-in: {', '.join(BUILTIN_DATA)}")
-    path = Path(data).expanduser()
+    path = usable_path(data, "data")
     if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
         if path.is_dir():
             raise ConfigError(f"data {data!r} is a folder; pass a CSV or JSONL file with a `text` column")

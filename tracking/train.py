@@ -170,14 +170,56 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     data = load_text_data(config)
     loaded = load_lora_model(config, data.label_names)
     if not is_main_process():
-        trainer = build_trainer(config, data, loaded, callbacks=[])
-        trainer.train()
-        return JobResult(None, None, trainer.state.global_step)
+        return _train_without_tracking(config, data, loaded)
+    job = _open_run(config, notifier)
+    with _sigterm_as_stop():
+        try:
+            _log_setup(job, data, loaded, channel_count)
+            job.trainer = build_trainer(config, data, loaded,
+                                        callbacks=[MlflowMetricsCallback(job.logger), job.notifications])
+            started = time.monotonic()
+            job.trainer.train()
+            log.info("training finished in %.1f s", time.monotonic() - started)
+            return _conclude(job)
+        except BaseException as exc:
+            _conclude_after_failure(job, exc)
+            raise
+
+
+@dataclass
+class _Job:
+    """What the phases of one tracked training job share: the run, its logger and its notifications."""
+
+    config: TrainConfig
+    client: MlflowClient
+    run_id: str
+    url: str
+    notifier: object
+    logger: JobRunLogger
+    notifications: NotificationCallback
+    fresh_run: bool  # the run held no point from an earlier attempt or another process
+    make_monitor: object  # (total_steps, start_step) -> TrainingMonitor
+    trainer: object = None
+
+    def monitor(self, planned_steps: int) -> TrainingMonitor:
+        """The run's monitor; one made now when training never got as far as making it."""
+        return self.notifications.monitor or self.make_monitor(max(planned_steps, 1), 0)
+
+
+def _train_without_tracking(config: TrainConfig, data: TextData, loaded: LoadedModel) -> JobResult:
+    """A process other than the main one (rank > 0) trains its share and neither logs nor notifies."""
+    trainer = build_trainer(config, data, loaded, callbacks=[])
+    trainer.train()
+    return JobResult(None, None, trainer.state.global_step)
+
+
+def _open_run(config: TrainConfig, notifier) -> _Job:
+    """Start (or resume, under ``mlflow run``) the run, and set up its logger and notifications; a resumed
+    run repeats none of the milestones and warnings an earlier attempt already sent."""
     if notifier is None:
         from notify.delivery import Channels, Notifier
 
         notifier = Notifier(Channels())  # no channels: events are still recorded in events.jsonl
-
     with store_setup_lock(mlflow.get_tracking_uri()):
         client = MlflowClient()
         client.search_experiments(max_results=1)  # creates or migrates the store's schema, under the lock
@@ -196,7 +238,6 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
                                start_step=start_step, params=params, stall_minutes=config.stall_minutes)
 
     notifications = NotificationCallback(make_monitor, config.model, config.data, url)
-    fresh_run = not existing.metrics  # the run holds no point from an earlier attempt or another process
     logger = JobRunLogger(client, run_id,
                           unsent_path=Path(config.output_dir).resolve() / f"unsent-mlflow-{run_id}.jsonl",
                           on_trouble=lambda error: _warn_tracking_trouble(notifier, notifications, error))
@@ -205,53 +246,62 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     def record_sent(event) -> None:  # with the run as they go: a resume after a hard kill repeats none
         if notifications.monitor is not None and event.event_type.value in ("progress", "warning"):
             _record_sent(logger, notifications.monitor)
-    trainer = None
-    with _sigterm_as_stop():
+
+    return _Job(config, client, run_id, url, notifier, logger, notifications,
+                fresh_run=not existing.metrics, make_monitor=make_monitor)
+
+
+def _log_setup(job: _Job, data: TextData, loaded: LoadedModel, channel_count: int) -> None:
+    """The run's parameters: the settings, and what the job found (data sizes, labels, parameter counts)."""
+    config = job.config
+    log_new_params(job.client, job.run_id, {
+        **config.to_params(),
+        "model_source": config.model if config.model.startswith("builtin:") else loaded.source,
+        "train_examples": len(data.train_texts),
+        "eval_examples": len(data.eval_texts),
+        "num_labels": len(data.label_names) if data.label_names else "",
+        "trainable_params": loaded.trainable_params,
+        "total_params": loaded.total_params,
+        "notify_channels": channel_count,
+    })
+    job.client.set_tag(job.run_id, "peft_studio.task", config.task)
+
+
+def _conclude(job: _Job) -> JobResult:
+    """Keep the adapter, analyze the run (from the history this process sent, when it is the whole
+    history), send the completion message with the loss curve, and end the run FINISHED."""
+    trainer, client, run_id = job.trainer, job.client, job.run_id
+    adapter = _save_adapter(trainer, job.config)
+    monitor = job.monitor(trainer.state.max_steps)
+    analysis, attachments = None, ()
+    if _all_sent(job.logger):
+        client.log_artifacts(run_id, str(adapter), "adapter")
+        png = Path(job.config.output_dir) / "loss_curve.png"  # attached to the completion message too
         try:
-            log_new_params(client, run_id, {
-                **params,
-                "model_source": config.model if config.model.startswith("builtin:") else loaded.source,
-                "train_examples": len(data.train_texts),
-                "eval_examples": len(data.eval_texts),
-                "num_labels": len(data.label_names) if data.label_names else "",
-                "trainable_params": loaded.trainable_params,
-                "total_params": loaded.total_params,
-                "notify_channels": channel_count,
-            })
-            client.set_tag(run_id, "peft_studio.task", config.task)
-            trainer = build_trainer(config, data, loaded,
-                                    callbacks=[MlflowMetricsCallback(logger), notifications])
-            started = time.monotonic()
-            trainer.train()
-            log.info("training finished in %.1f s", time.monotonic() - started)
-            adapter = _save_adapter(trainer, config)
-            monitor = notifications.monitor or make_monitor(max(trainer.state.max_steps, 1), 0)
-            analysis, attachments = None, ()
-            if _all_sent(logger):
-                client.log_artifacts(run_id, str(adapter), "adapter")
-                png = Path(config.output_dir) / "loss_curve.png"  # attached to the completion message too
-                try:
-                    analysis = analyze_run(client, run_id, logged=own_history(logger, monitor, fresh_run),
-                                           loss_curve_png=png)
-                    attachments = [str(png)] if analysis.curves is not None else ()
-                except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
-                    log.warning("%s", exc)
-            monitor.complete(analysis, url, attachments)
-            report = _finish(run_id, monitor, logger, "FINISHED")
-            return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
-        except BaseException as exc:
-            stopped = isinstance(exc, KeyboardInterrupt)
-            try:
-                planned = trainer.state.max_steps if trainer is not None and trainer.state.max_steps else 1
-                monitor = notifications.monitor or make_monitor(planned, 0)
-                monitor.fail(exc, stopped=stopped)
-                if _all_sent(logger):
-                    _partial_analysis(client, run_id)
-                _finish(run_id, monitor, logger, "KILLED" if stopped else "FAILED")
-            except KeyboardInterrupt as again:  # Ctrl-C or SIGTERM again while cleaning up: stop now
-                _end_at_once(run_id, logger)
-                raise again from exc
-            raise
+            analysis = analyze_run(client, run_id, logged=own_history(job.logger, monitor, job.fresh_run),
+                                   loss_curve_png=png)
+            attachments = [str(png)] if analysis.curves is not None else ()
+        except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
+            log.warning("%s", exc)
+    monitor.complete(analysis, job.url, attachments)
+    report = _finish(run_id, monitor, job.logger, "FINISHED")
+    return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
+
+
+def _conclude_after_failure(job: _Job, exc: BaseException) -> None:
+    """A crash or a stop: say so, analyze what was trained, and end the run FAILED or KILLED. A second stop
+    while this runs ends the run at once."""
+    stopped = isinstance(exc, KeyboardInterrupt)
+    try:
+        trainer = job.trainer
+        monitor = job.monitor(trainer.state.max_steps if trainer is not None else 1)
+        monitor.fail(exc, stopped=stopped)
+        if _all_sent(job.logger):
+            _partial_analysis(job.client, job.run_id)
+        _finish(job.run_id, monitor, job.logger, "KILLED" if stopped else "FAILED")
+    except KeyboardInterrupt as again:  # Ctrl-C or SIGTERM again while cleaning up: stop now
+        _end_at_once(job.run_id, job.logger)
+        raise again from exc
 
 
 # How long the end of a run waits for buffered points: the whole buffer while the store answers, and a
