@@ -33,8 +33,8 @@ MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limits
 MAX_TAGS_PER_REQUEST = 100
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between attempts; the last one repeats
 
-# One buffered item: ("m", key, value, timestamp_ms, step) or ("t", key, value)
-Item = tuple
+# One buffered item: MLflow's own entities, as log_batch takes them.
+Item = Metric | RunTag
 
 
 # How an on_trouble message about the unsent-points file begins (the others are about the store being away).
@@ -104,7 +104,7 @@ class RunLogger:
     # -- the training loop's side: appends only ---------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        items = [("m", key, float(value), ts, int(step)) for key, value in metrics.items()]
+        items = [Metric(key, float(value), ts, int(step)) for key, value in metrics.items()]
         with self._cond:
             self._queue.extend(items)
             self._appended += len(items)
@@ -113,7 +113,7 @@ class RunLogger:
 
     def set_tag(self, key: str, value) -> None:
         with self._cond:
-            self._queue.append(("t", key, str(value)))
+            self._queue.append(RunTag(key, str(value)))
             self._appended += 1
 
     @property
@@ -188,60 +188,81 @@ class RunLogger:
                     self._cond.wait(self.flush_interval)
 
     def _work_loop(self) -> None:
+        """Take a batch, send it; on success settle it (and upload what was kept while the store was away),
+        on failure wait and send the same batch again. Returns when closed and empty, or abandoned."""
         attempt = 0
-        while True:
-            with self._cond:
-                if not self._inflight:
-                    self._cond.wait_for(lambda: self._closing or self._flush_wanted
-                                        or len(self._queue) >= MAX_METRICS_PER_REQUEST, self.flush_interval)
-                    if not self._queue:
-                        self._flush_wanted = False
-                        if self._closing or self._abandoned:
-                            return
-                        continue
-                    self._inflight = _take_batch(self._queue)
-                batch = list(self._inflight)
+        while (batch := self._next_batch()) is not None:
             error = self._send(batch)
-            with self._cond:
-                if self._abandoned:
+            if error is None:
+                recovered = self.last_error is not None
+                if not self._settle_sent(batch):
                     return
-                if error is None:
-                    self._inflight = []
-                    self.sent += len(batch)
-                    self._settled += len(batch)
-                    self._cond.notify_all()
-                    recovered = self.last_error is not None
-                    self.last_error, self._failing_since, attempt = None, None, 0
+                attempt = 0
+                if recovered:
+                    self._upload_kept()
+                continue
+            first = self.last_error is None
+            delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+            attempt += 1
+            if not self._note_failure(error, delay):
+                return  # close() keeps what is left in the file
+            if first and self.on_trouble is not None:
+                self._call_on_trouble(error)
+            self._tell()
+            log.warning("MLflow did not take %d point(s) (%s); retrying in %.0f s", len(batch), error, delay)
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing and time.monotonic() >= self._deadline, delay)
+
+    def _next_batch(self) -> list[Item] | None:
+        """The batch to send: the one still in flight (a retry), else the next one once there is enough to
+        send, a flush is asked for, or ``flush_interval`` passed. None when closed with nothing left."""
+        with self._cond:
+            while not self._inflight:
+                if self._abandoned:
+                    return None
+                self._cond.wait_for(lambda: self._closing or self._flush_wanted
+                                    or len(self._queue) >= MAX_METRICS_PER_REQUEST, self.flush_interval)
+                if self._queue:
+                    self._inflight = _take_batch(self._queue)
                 else:
-                    recovered = False
-                    self.failures += 1
-                    first = self.last_error is None
-                    if first:
-                        self._failing_since = time.monotonic()
-                    self.last_error = error
-                    if len(self._queue) > self.max_buffered:  # bound memory: oldest waiting points go to disk
-                        overflow = [self._queue.popleft() for _ in range(len(self._queue) - self.max_buffered // 2)]
-                        if not self._keep_unsent(overflow):  # no file: the newest stay, up to the bound
-                            room = self.max_buffered - len(self._queue)
-                            self._queue.extendleft(reversed(overflow[len(overflow) - room:]))
-                            self._lose(len(overflow) - room)
-                    delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
-                    attempt += 1
-                    if self._closing and time.monotonic() + delay > self._deadline:
-                        return  # close() keeps what is left in the file
-            if error is not None:
-                if first and self.on_trouble is not None:
-                    self._call_on_trouble(error)
-                self._tell()
-                log.warning("MLflow did not take %d point(s) (%s); retrying in %.0f s", len(batch), error, delay)
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closing and time.monotonic() >= self._deadline, delay)
-            elif recovered:
-                self._upload_kept()
+                    self._flush_wanted = False
+                    if self._closing or self._abandoned:
+                        return None
+            return list(self._inflight)
+
+    def _settle_sent(self, batch: list[Item]) -> bool:
+        """The batch is in the run; False when close() gave up on the thread meanwhile."""
+        with self._cond:
+            if self._abandoned:
+                return False
+            self._inflight = []
+            self.sent += len(batch)
+            self._settled += len(batch)
+            self.last_error, self._failing_since = None, None
+            self._cond.notify_all()
+            return True
+
+    def _note_failure(self, error: str, delay: float) -> bool:
+        """Record a failed send and bound the memory it costs; False when the thread should stop now
+        (abandoned, or closing with no time left for another attempt)."""
+        with self._cond:
+            if self._abandoned:
+                return False
+            self.failures += 1
+            if self.last_error is None:
+                self._failing_since = time.monotonic()
+            self.last_error = error
+            if len(self._queue) > self.max_buffered:  # bound memory: oldest waiting points go to disk
+                overflow = [self._queue.popleft() for _ in range(len(self._queue) - self.max_buffered // 2)]
+                if not self._keep_unsent(overflow):  # no file: the newest stay, up to the bound
+                    room = self.max_buffered - len(self._queue)
+                    self._queue.extendleft(reversed(overflow[len(overflow) - room:]))
+                    self._lose(len(overflow) - room)
+            return not (self._closing and time.monotonic() + delay > self._deadline)
 
     def _send(self, batch: list[Item]) -> str | None:
-        metrics = [Metric(i[1], i[2], i[3], i[4]) for i in batch if i[0] == "m"]
-        tags = [RunTag(i[1], i[2]) for i in batch if i[0] == "t"]
+        metrics = [item for item in batch if isinstance(item, Metric)]
+        tags = [item for item in batch if isinstance(item, RunTag)]
         try:
             self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
             return None
@@ -345,17 +366,19 @@ def _take_batch(queue: deque) -> list[Item]:
     """The oldest items that fit in one log_batch request, in order."""
     batch, metrics, tags = [], 0, 0
     while queue:
-        kind = queue[0][0]
-        if (kind == "m" and metrics == MAX_METRICS_PER_REQUEST) or (kind == "t" and tags == MAX_TAGS_PER_REQUEST):
+        is_metric = isinstance(queue[0], Metric)
+        if (metrics if is_metric else tags) == (MAX_METRICS_PER_REQUEST if is_metric else MAX_TAGS_PER_REQUEST):
             break
         batch.append(queue.popleft())
-        metrics += kind == "m"
-        tags += kind == "t"
+        metrics += is_metric
+        tags += not is_metric
     return batch
 
 
 def _item_to_json(item: Item) -> dict:
-    return {"metric": list(item[1:])} if item[0] == "m" else {"tag": list(item[1:])}
+    if isinstance(item, Metric):
+        return {"metric": [item.key, item.value, item.timestamp, item.step]}
+    return {"tag": [item.key, item.value]}
 
 
 def _one_line(exc: BaseException) -> str:
