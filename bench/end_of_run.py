@@ -68,7 +68,7 @@ def child(condition: str, store: str, webhook: str) -> None:
         skip_final_gc_at_exit()  # as run_training does first
         client = MlflowClient()
         run_id = mlflow.start_run().info.run_id
-        notifier = Notifier(load_channels(webhook))
+        notifier = Notifier(load_channels(webhook), send_from_helper=True)  # as the job
         logger = JobRunLogger(client, run_id, unsent_path=Path(args.output_dir) / "unsent.jsonl")
         notifications = NotificationCallback(lambda total, start: TrainingMonitor(notifier, total, start_step=start),
                                              "bench", "bench")

@@ -114,7 +114,7 @@ def run_once(config, tracked: bool, webhook_url: str, store: str) -> list[float]
     client = MlflowClient()
     found = client.get_experiment_by_name("bench")
     run_id = client.create_run(found.experiment_id if found else client.create_experiment("bench")).info.run_id
-    notifier = Notifier(load_channels(webhook_url))
+    notifier = Notifier(load_channels(webhook_url), send_from_helper=True)  # as the job
     logger = RunLogger(client, run_id, unsent_path=Path(config.output_dir) / "unsent.jsonl")
     notifications = NotificationCallback(lambda total, start: TrainingMonitor(notifier, total, start_step=start),
                                          config.model, config.data)

@@ -12,7 +12,10 @@ broken channel delays only itself, never another channel, and every channel has 
   ``backoff``, ``2 * backoff``, ``4 * backoff``... seconds in between, and at least as long as apprise's
   rate limit for the service asks (``request_rate_per_sec``: 5.5 s for email, 1.2 s for Slack; it also
   spaces consecutive events to one service);
-* a failure is logged (WARNING, redacted URL) and recorded, never raised.
+* a failure is logged (WARNING, redacted URL) and recorded, never raised;
+* with ``send_from_helper=True`` (what the training job uses) each attempt is made by a helper process
+  (``notify.delivery.helper``), so that apprise and requests never hold the training process's GIL; the
+  notifier falls back to sending itself when the helper cannot start or dies.
 
 When a queue is full the oldest progress event is dropped (then start, then warning; errors and the
 completion last) and recorded as dropped. ``close()`` (also run at interpreter exit) delivers what is
@@ -43,10 +46,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import apprise
-from apprise import NotifyFormat, NotifyType
+from apprise import NotifyType
 
+from notify.delivery.attempt import attempt
 from notify.delivery.channels import Channels
+from notify.delivery.helper import SendHelper
 from notify.delivery.messages import message_for
 from notify.events import EventType, NotificationEvent
 
@@ -61,8 +65,6 @@ DROP_ORDER = {
     EventType.ERROR: 3,
     EventType.COMPLETION: 3,
 }
-
-MAX_ERROR_CHARS = 500
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Notifier:
         backoff: float = 0.5,
         flush_timeout: float = 15.0,
         max_queue: int = 100,
+        send_from_helper: bool = False,
     ) -> None:
         if not isinstance(channels, Channels):
             raise ValueError(f"channels must be a Channels (see load_channels), got {type(channels).__name__}")
@@ -105,6 +108,9 @@ class Notifier:
         self._lanes: dict[int, _Lane] = {}  # id(service) -> that channel's queue and thread
         self._closed = False
         self._stop = threading.Event()  # set when close() gives up: the threads end, waits end early
+        self._helper = SendHelper() if send_from_helper and len(channels) else None
+        if self._helper is not None:
+            self._helper.start([service.url(privacy=False) for service in channels])  # now, not at the first message
         self._worker = threading.Thread(target=self._dispatch, name="notify-delivery", daemon=True)
         self._worker.start()
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -177,6 +183,8 @@ class Notifier:
                     lane.queue.popleft().seal(f"not sent: {gave_up}", lane.service)
                 if lane.current is not None:
                     lane.current.seal(f"unknown: still sending when {gave_up}", lane.service)
+        if self._helper is not None:
+            self._helper.close()
         atexit.unregister(self._at_exit)
 
     # --- what happened -----------------------------------------------------------------------------
@@ -283,15 +291,15 @@ class Notifier:
         target, message = message_for(service, event)
         start = time.monotonic()
         attempts, ok, error = 0, False, None
-        for attempt in range(self.retries + 1):
+        for number in range(self.retries + 1):
             # Wait out the backoff, and apprise's rate limit for the service here, so that the
             # attempt's timeout bounds only the sending itself.
-            pause = max(self.backoff * 2 ** (attempt - 1) if attempt else 0.0, _throttle_left(target))
+            pause = max(self.backoff * 2 ** (number - 1) if number else 0.0, _throttle_left(target))
             if pause and self._stop.wait(pause):
                 error = "not sent: the notifier was closed" if error is None else f"{error}; not retried: closed"
                 break
             attempts += 1
-            ok, error, timed_out = _attempt(target, message, attachments, self.send_timeout)
+            ok, error, timed_out = self._attempt(service, event, target, message, attachments)
             if ok or timed_out:
                 break
         _keep_throttle(service, target)
@@ -301,6 +309,19 @@ class Notifier:
                 "notify: %r not delivered to %s after %d attempt(s): %s", event.title, channel, attempts, error
             )
         return _delivery(channel, ok, attempts, error, time.monotonic() - start)
+
+    def _attempt(
+        self, service: Any, event: NotificationEvent, target: Any, message: dict[str, Any], attachments: Sequence[str]
+    ) -> tuple[bool, str | None, bool]:
+        """One attempt: from the helper process when there is one (``send_from_helper``), else here."""
+        if self._helper is not None:
+            answer = self._helper.send(service.url(privacy=False), event, attachments, self.send_timeout)
+            if answer is not None:
+                ok, error, timed_out, last_send = answer
+                if last_send is not None:  # the rate limit of the service goes on counting from it
+                    target._last_io_datetime = last_send
+                return ok, error, timed_out
+        return attempt(target, message, attachments, self.send_timeout)
 
     def _drop(self, pending: _Pending, reason: str) -> None:
         """``pending`` reaches no channel (the lock is held)."""
@@ -348,55 +369,12 @@ def test_channels(channels: Channels, timeout: float = 10.0) -> list[tuple[str, 
     results = []
     for service in channels:
         message = {"title": TEST_TITLE, "body": TEST_BODY, "notify_type": NotifyType.INFO}
-        ok, error, _ = _attempt(service, message, (), timeout)
+        ok, error, _ = attempt(service, message, (), timeout)
         results.append((channels.redacted_url(service), ok, None if ok else channels.redact(service, error)))
     return results
 
 
 test_channels.__test__ = False  # a product function, not a pytest test
-
-
-# --- one attempt, bounded -------------------------------------------------------------------------------
-
-
-def _attempt(
-    service: Any, message: dict[str, Any], attachments: Sequence[str], timeout: float
-) -> tuple[bool, str | None, bool]:
-    """Sends once on a helper daemon thread; returns ``(ok, error, timed_out)`` within ``timeout``."""
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["result"] = _notify(service, message, attachments)
-        except BaseException as exc:  # noqa: BLE001 - reported as this attempt's error
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="notify-send", daemon=True).start()
-    if not done.wait(timeout):
-        return False, f"timed out after {timeout:g} s", True
-    if "error" in outcome:
-        return False, outcome["error"][:MAX_ERROR_CHARS], False
-    return outcome["result"] + (False,)
-
-
-def _notify(service: Any, message: dict[str, Any], attachments: Sequence[str]) -> tuple[bool, str | None]:
-    """One apprise call for one service, with apprise's own log of what went wrong."""
-    attach = list(attachments) if attachments and service.attachment_support else None
-    with apprise.Apprise(service, asset=service.asset).notify(
-        body_format=NotifyFormat.TEXT, attach=attach, interpret_escapes=False, **message
-    ) as result:
-        if result:
-            return True, None
-        lines = []
-        for entry in result.logs():
-            text = " ".join(str(entry.message).split())
-            if entry.level in ("WARNING", "ERROR", "CRITICAL") and text and text not in lines:
-                lines.append(text)
-        error = "; ".join(lines) or f"the service reported {result.status.name.lower()}"
-        return False, error[:MAX_ERROR_CHARS]
 
 
 # --- records ----------------------------------------------------------------------------------------------
