@@ -3,7 +3,8 @@
 Not a benchmark itself (the leading underscore keeps ``python -m bench`` from running it). Everything
 stays on this machine: a ``sqlite:///`` store in a temporary directory, or a real ``mlflow server`` on a
 free 127.0.0.1 port with a sqlite backend and ``--serve-artifacts``, started here and killed (with its
-worker processes) when the ``with`` block ends, also on an exception or Ctrl-C.
+worker processes) when the ``with`` block ends, also on an exception or Ctrl-C. ``MlflowServer`` is the
+one starter of ``mlflow server`` for the benchmarks and the tests (tests/conftest.py imports it).
 """
 
 from __future__ import annotations
@@ -109,40 +110,87 @@ def artifact_uri(directory: Path | None) -> str | None:
     return directory.as_uri() if directory is not None else None
 
 
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with artifacts served through it (``--serve-artifacts``, one worker): the
+    one place the benchmarks and the tests (tests/conftest.py) start a tracking server.
+
+    It runs in a process group of its own (``mlflow server`` starts uvicorn and a job runner as children), so
+    ``kill()`` (SIGKILL: a crash) and ``stop()`` (TERM, then KILL) end all of it. ``start()`` may be called
+    again after ``kill()``: the same port and store, a server restarted in the middle of a run. Telemetry is
+    off; its output goes to ``log`` (appended across restarts), whose tail is in the error when it does not
+    start. Also a context manager: started on enter, stopped on exit.
+    """
+
+    def __init__(self, backend_uri: str, artifacts: Path, port: int | None = None, log: Path | None = None):
+        self.backend_uri = backend_uri
+        self.artifacts = Path(artifacts)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log) if log is not None else self.artifacts.parent / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> str:
+        """Start the server and wait until /health answers; returns its URI. Raises RuntimeError (with the
+        end of the server's log) when it exits or does not answer within ``timeout`` seconds."""
+        import requests
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--backend-store-uri", self.backend_uri, "--serve-artifacts", "--artifacts-destination",
+                 str(self.artifacts), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}: {self._log_tail()}")
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return self.uri
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"mlflow server did not start within {timeout:.0f} s: {self._log_tail()}")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (a crash, not a shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        if self.process is not None:  # the group may outlive its leader for a moment (uvicorn's worker)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """End the server's process group: TERM, then KILL."""
+        if self.process is not None:
+            _stop(self.process)
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no server log)"
+
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def mlflow_server() -> Iterator[tuple[str, None]]:
     """(URI, None) of a real ``mlflow server`` (sqlite backend, --serve-artifacts, one worker) on a free
     127.0.0.1 port; the server and its workers are killed and its directory removed on exit."""
-    import requests
-
-    with temp_dir() as root:
-        port = free_port()
-        with open(root / "server.log", "wb") as log:
-            # A session of its own: `mlflow server` starts uvicorn and a job runner as children, and the
-            # whole group is ended below.
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-                 "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            uri = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited with {process.returncode}: "
-                                       + (root / "server.log").read_text(errors="replace")[-2000:])
-                try:
-                    if requests.get(f"{uri}/health", timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start within {SERVER_START_TIMEOUT_S} s")
-                time.sleep(0.5)
-            yield uri, None
-        finally:
-            _stop(process)
+    with temp_dir() as root, MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts") as server:
+        yield server.uri, None
 
 
 def _stop(process: subprocess.Popen) -> None:

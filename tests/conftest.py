@@ -1,19 +1,34 @@
-"""Shared fixtures: a throwaway MLflow tracking store per test, and tiny local models."""
+"""Shared fixtures: a throwaway MLflow tracking store per test, tiny local models, `mlflow server`s, and one
+trained run of the job that several tests read.
+
+Under pytest-xdist (``-n auto``) each worker is a process with a session of its own; torch and BLAS get
+``cores // workers`` threads each there, so that two workers training at once do not fight over the cores.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # before numpy or torch is imported, here or in subprocesses
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/histories.py, tests/receivers.py
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/_mlflow.py
+
 from receivers import free_port  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from bench._mlflow import MlflowServer  # noqa: E402
 
 
 @pytest.fixture
@@ -31,6 +46,25 @@ def tracking_uri(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def _forget_the_active_experiment() -> None:
+    """``mlflow.set_experiment`` leaves its experiment active in the process (a module global and the
+    MLFLOW_EXPERIMENT_ID variable, which subprocesses inherit): a later test's run would go to that
+    experiment id in its own store, where it may not exist."""
+    import mlflow.tracking.fluent
+
+    if hasattr(mlflow.tracking.fluent, "_active_experiment_id"):
+        mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_experiment_left_active():
+    """Every test starts without an experiment a test or fixture before it made active."""
+    yield
+    if "mlflow" in sys.modules:
+        _forget_the_active_experiment()
 
 
 @pytest.fixture(scope="session")
@@ -71,90 +105,167 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-class MlflowServerProcess:
-    """`mlflow server` on 127.0.0.1 with artifacts served through it, which a test may kill and start again
-    on the same port and store (a server restart in the middle of a run)."""
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (in their file order): under xdist the long ones then start early and the quick ones
+    fill the end, instead of one worker finishing a long test alone. The order is the same in every worker,
+    as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
-    def __init__(self, backend_uri: str, artifacts: Path, port: int | None = None):
-        self.backend_uri = backend_uri
-        self.artifacts = artifacts
-        self.port = port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process = None
 
-    def start(self, timeout: float = 120) -> str:
-        import subprocess
-        import time
+# --- one trained run, read by several tests --------------------------------------------------------------
 
-        import requests
+DEFAULT_RUN_STEPS = 8
+DEFAULT_RUN_EVAL_STEPS = 4
 
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", self.backend_uri, "--serve-artifacts", "--artifacts-destination",
-             str(self.artifacts), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=2).ok:
-                    return self.uri
-            except requests.RequestException:
-                time.sleep(0.5)
-        self.kill()
-        pytest.fail(f"mlflow server did not start within {timeout:.0f} s")
 
-    def kill(self) -> None:
-        """SIGKILL the server and its workers (a crash, not a shutdown)."""
-        import signal
+@dataclass
+class TrainedRun:
+    """What the shared job left: its result, its store, the messages its channels got, and how many times
+    the end of the job read a history back from MLflow."""
 
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+    uri: str
+    root: Path
+    result: object
+    posts: list[dict] = field(default_factory=list)
+    mails: list = field(default_factory=list)
+    history_reads: list = field(default_factory=list)
 
-    def stop(self) -> None:
-        import subprocess
+    @property
+    def run_id(self) -> str:
+        return self.result.run_id
 
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+    @property
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> TrainedRun:
+    """The training job on the built-in model and data (8 steps, a loss point per step, an evaluation every 4,
+    batches of 8), in process, into a sqlite store of its own, experiment "notify", notifying a JSON webhook
+    (every event) and an SMTP server (completion and errors only, from an apprise YAML file with receivers.PASSWORD).
+
+    Trained once per test process; the tests that use it only read it (mark them
+    ``pytest.mark.xdist_group("default-run")`` so that xdist runs them in one process). A test that changes
+    a run trains its own."""
+    import mlflow
+    from receivers import PASSWORD, HTTPReceiver, SMTPReceiver
+
+    import tracking.analyze
+    from notify.delivery import Notifier, load_channels
+    from tracking.config import TrainConfig
+    from tracking.train import run_training
+
+    root = tmp_path_factory.mktemp("default-run")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    reads: list = []
+    original_read = tracking.analyze.read_history
+    with pytest.MonkeyPatch.context() as mp, HTTPReceiver() as webhook, SMTPReceiver() as smtp:
+        for name in _RUN_ENV:
+            mp.delenv(name, raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setattr(tracking.analyze, "read_history", lambda *a: reads.append(a) or original_read(*a))
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("notify")
+        config_file = root / "notify.yaml"
+        mail = smtp.url("trainer", PASSWORD, "me@example.com", "bot@example.com")
+        config_file.write_text(f"urls:\n  - {webhook.url()}\n  - \"{mail}\":\n      tag: completion, error\n")
+        config = TrainConfig(max_steps=DEFAULT_RUN_STEPS, logging_steps=1, eval_steps=DEFAULT_RUN_EVAL_STEPS,
+                             batch_size=8, output_dir=str(root / "out"), notify=str(config_file))
+        channels = load_channels(config.notify)
         try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
+            result = run_training(config, notifier=Notifier(channels), channel_count=len(channels))
+            posts = [p["json"] for p in webhook.wait_for(5, timeout=20)]
+            mails = smtp.wait_for(1, timeout=20)
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            _forget_the_active_experiment()
+    return TrainedRun(uri=uri, root=root, result=result, posts=posts, mails=mails, history_reads=reads)
+
+
+_RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY")
 
 
 @contextlib.contextmanager
-def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
-    """A started server; MLFLOW_TRACKING_URI points at it for this process and its subprocesses."""
+def _pointed_at(uri: str, monkeypatch):
+    """MLFLOW_TRACKING_URI set to ``uri`` for this process and its subprocesses; runs left open are ended."""
     import mlflow
 
-    server = MlflowServerProcess(backend_uri, artifacts)
-    uri = server.start()
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY"):
+    for name in _RUN_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     try:
-        yield server
+        yield uri
     finally:
         while mlflow.active_run():
             mlflow.end_run()
+
+
+@contextlib.contextmanager
+def _running_mlflow_server(backend_uri: str, artifacts: Path, monkeypatch):
+    """A started server of this test's own (``bench._mlflow.MlflowServer``, the one starter of servers for
+    the tests and the benchmarks); MLFLOW_TRACKING_URI points at it."""
+    server = MlflowServer(backend_uri, artifacts)
+    server.start()
+    try:
+        with _pointed_at(server.uri, monkeypatch):
+            yield server
+    finally:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def _session_mlflow_server(tmp_path_factory):
+    """One `mlflow server` (sqlite backend) per test process, started when a test first asks for it."""
+    store = tmp_path_factory.mktemp("session-server")
+    server = MlflowServer(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _forget_what_the_test_made(uri: str, experiments_before: set[str]) -> None:
+    """Leave the shared server as a fresh one looks: the test's experiments renamed out of the way and
+    deleted (so a later test may create one of the same name), the runs of the default experiment deleted."""
+    import uuid
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
+        if experiment.experiment_id == "0":
+            for run in client.search_runs(["0"], max_results=50_000):
+                client.delete_run(run.info.run_id)
+        elif experiment.experiment_id not in experiments_before:
+            client.rename_experiment(experiment.experiment_id, f"{experiment.name} (done {uuid.uuid4().hex})")
+            client.delete_experiment(experiment.experiment_id)
+
+
 @pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    """A real `mlflow server` with a sqlite backend store."""
-    store = tmp_path / "server"
-    store.mkdir()
-    with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as server:
-        yield server.uri
+def mlflow_server(_session_mlflow_server, monkeypatch):
+    """A real `mlflow server` with a sqlite backend store, for tests that only need a server: one per test
+    process, shared, and looking fresh to each test (no experiment but the default one, no run). A test
+    that kills or restarts its server uses ``restartable_mlflow_server``."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    server = _session_mlflow_server
+    if server.process is None or server.process.poll() is not None:
+        server.start()  # a test before this one brought it down
+    before = {e.experiment_id for e in MlflowClient(server.uri).search_experiments(view_type=ViewType.ALL)}
+    with _pointed_at(server.uri, monkeypatch) as uri:
+        yield uri
+    _forget_what_the_test_made(server.uri, before)
 
 
 @pytest.fixture
 def restartable_mlflow_server(tmp_path, monkeypatch):
-    """Like ``mlflow_server``, but the test gets the ``MlflowServerProcess`` to kill and start again."""
+    """A server of this test's own: the test gets the ``MlflowServer`` to kill and start again."""
     store = tmp_path / "server"
     store.mkdir()
     with _running_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", monkeypatch) as server:

@@ -14,6 +14,8 @@ import pytest
 from bench.real_runs import evaluate as bench
 from bench.real_runs.build import SOURCES
 
+pytestmark = pytest.mark.xdist_group("real-runs")  # one process evaluates the module's outcomes once
+
 RUNS = bench.load_runs()
 LABELS = bench.load_labels()
 

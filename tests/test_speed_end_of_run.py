@@ -225,25 +225,24 @@ def test_logged_history_keeps_what_log_batch_receives():
 
 
 @pytest.mark.slow
-def test_the_job_scores_what_it_sent_exactly_as_analyze_does(tracking_uri, tmp_path, reads):
-    from tracking.config import TrainConfig
-    from tracking.train import run_training
-
-    mlflow.set_experiment("speed-job")
-    config = TrainConfig(max_steps=6, logging_steps=1, eval_steps=2, batch_size=8, output_dir=str(tmp_path / "out"))
-    result = run_training(config)
-    assert reads == []  # the job did not read its history back
-    client = MlflowClient()
+@pytest.mark.xdist_group("default-run")
+def test_the_job_scores_what_it_sent_exactly_as_analyze_does(default_run, tmp_path, reads):
+    """The shared job of tests/conftest.py (``default_run``: 8 steps, an evaluation every 4), which counts
+    the history reads of its end the way the ``reads`` fixture does."""
+    result = default_run.result
+    assert default_run.history_reads == []  # the job did not read its history back
+    client = default_run.client
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(result.run_id, "loss")) == 6
-    assert len(client.get_metric_history(result.run_id, "eval_loss")) == 3
+    assert len(client.get_metric_history(result.run_id, "loss")) == 8
+    assert len(client.get_metric_history(result.run_id, "eval_loss")) == 2
     fresh = analyze_run(client, result.run_id, write=False)  # `peft-studio analyze RUN_ID`
+    assert len(reads) == 1  # this one did: the counter counts
     assert_same_analysis(result.analysis, fresh)
     assert run.data.metrics["quality_score"] == fresh.quality_score
     assert {a.path for a in client.list_artifacts(result.run_id, "quality")} == {
         "quality/analysis.json", "quality/report.md", "quality/loss_curve.png"}
-    assert (tmp_path / "out" / "loss_curve.png").read_bytes() == (
+    assert (default_run.root / "out" / "loss_curve.png").read_bytes() == (
         __import__("pathlib").Path(client.download_artifacts(result.run_id, "quality/loss_curve.png",
                                                              str(tmp_path / "dl"))).read_bytes())
 

@@ -1,6 +1,7 @@
 """Notifications from the real training job, delivered to real receivers on 127.0.0.1.
 
-Each test trains the built-in model for a few steps; receivers are a JSON webhook (apprise `json://`) and an
+Each test trains the built-in model for a few steps (the first reads the job that tests/conftest.py's
+``default_run`` trains once); receivers are a JSON webhook (apprise `json://`) and an
 aiosmtpd SMTP server. What is asserted is what a user sees: which messages arrive, once each, with what.
 """
 
@@ -44,20 +45,11 @@ def _events(client: MlflowClient, run_id: str, tmp_path) -> list[dict]:
     return [json.loads(line) for line in open(path)]
 
 
-def test_milestones_completion_and_email_with_the_plot(tracking_uri, tmp_path):
-    mlflow.set_experiment("notify")
-    with HTTPReceiver() as webhook, SMTPReceiver() as smtp:
-        config_file = tmp_path / "notify.yaml"
-        mail = smtp.url("trainer", SECRET, "me@example.com", "bot@example.com")
-        config_file.write_text(
-            "urls:\n"
-            f"  - {webhook.url()}\n"
-            f"  - \"{mail}\":\n"
-            "      tag: completion, error\n"
-        )
-        result = _train(_config(tmp_path, str(config_file)))
-        posts = [p["json"] for p in webhook.wait_for(5, timeout=20)]
-        mails = smtp.wait_for(1, timeout=20)
+@pytest.mark.xdist_group("default-run")
+def test_milestones_completion_and_email_with_the_plot(default_run, tmp_path):
+    """The shared job (tests/conftest.py ``default_run``): a webhook for every event, and an email routed to
+    completion and errors by an apprise YAML file."""
+    posts, mails, result = default_run.posts, default_run.mails, default_run.result
 
     titles = [p["title"] for p in posts]
     assert titles == ["Training Started", "Training 25% Complete", "Training Halfway There!",
@@ -74,7 +66,7 @@ def test_milestones_completion_and_email_with_the_plot(tracking_uri, tmp_path):
     assert attachments and attachments[0].get_payload(decode=True).startswith(b"\x89PNG")
 
     # the record in the run: every event, each channel's outcome, no secret anywhere
-    client = MlflowClient()
+    client = default_run.client
     events = _events(client, result.run_id, tmp_path)
     assert [e["event"]["title"] for e in events] == titles
     assert all(d["ok"] for e in events for d in e["deliveries"])
