@@ -286,6 +286,31 @@ def completion_event(
     )
 
 
+SAMPLE_CHARS = 90  # a chat line; the whole samples table is in the run
+
+
+def _clip(text: str, limit: int = SAMPLE_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sample_lines(prompt: str, first_output: str, last_output: str, first_step: int, last_step: int) -> list[str]:
+    """One sample prompt with its first and last output, for the completion message: the change training made."""
+    lines = [f"Sample: “{_clip(prompt)}”", f"• step {first_step}: “{_clip(first_output) or '(empty)'}”"]
+    if last_step != first_step:
+        lines.append(f"• step {last_step}: “{_clip(last_output) or '(empty)'}”")
+    return lines
+
+
+def judge_lines(mean_score: float | None, verdicts: int, error: str | None) -> list[str]:
+    """The LLM judge's verdict in one line: its mean score, or why there is none."""
+    if error and not verdicts:
+        return [f"LLM judge: unavailable ({_clip(error, 160)})"]
+    line = f"LLM judge: mean score {mean_score:.2f} over {verdicts} verdict(s)" if mean_score is not None else \
+        "LLM judge: no verdict"
+    return [line + (f" (incomplete: {_clip(error, 120)})" if error else "")]
+
+
 def _join(lines: Sequence[str | None]) -> str:
     return "\n".join(line for line in lines if line is not None)
 

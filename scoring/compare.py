@@ -22,7 +22,8 @@ PARAM_PREFIX = "params."
 # Bookkeeping params that differ between runs without being a training choice.
 IGNORED_PARAMS = (
     "output_dir", "notify", "model_source", "train_examples", "eval_examples", "trainable_params",
-    "total_params", "notify_channels", "seed",
+    "total_params", "notify_channels", "seed", "peft_studio.watch_claim", "heartbeat_seconds",
+    "system_metrics_seconds",
 )
 NOISE_WINDOW = 5  # the last eval points whose scatter around their trend estimates run-to-run noise
 MEANINGFUL_NOISE_MULTIPLE = 2.0  # a difference counts as real only above this many noise units

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .models import SCHEMA_VERSION, QualityAnalysis, format_value
@@ -40,7 +41,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_markdown(analysis: QualityAnalysis) -> str:
+def render_markdown(analysis: QualityAnalysis, extra_sections: Sequence[str] = ()) -> str:
+    """The report; ``extra_sections`` (markdown text, e.g. the job's "Model outputs") go before the footer."""
     lines = [
         f"# Training quality: {analysis.quality_score:g}/100",
         "",
@@ -80,5 +82,7 @@ def render_markdown(analysis: QualityAnalysis) -> str:
     if analysis.metric_names:
         used = ", ".join(f"{role} = `{name}`" for role, name in analysis.metric_names.items())
         lines += ["", f"Metrics read: {used}."]
+    for section in extra_sections:
+        lines += ["", section.strip()]
     lines += ["", f"<sub>peft-studio quality analysis, schema {SCHEMA_VERSION}</sub>", ""]
     return "\n".join(lines)

@@ -198,6 +198,15 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("notify", "{tmp}/empty.yaml"),
     ("stall_minutes", "-5"), ("stall_minutes", "abc"), ("stall_minutes", "inf"),
     ("output_dir", "{tmp}/afile"), ("output_dir", "{tmp}/afile/sub"), ("output_dir", ""),
+    ("stop_on", "nans"), ("stop_on", "overfitting,sometimes"),
+    ("stop_patience", "0"), ("stop_patience", "1.5"),
+    ("heartbeat_seconds", "-1"), ("heartbeat_seconds", "0.01"), ("heartbeat_seconds", "inf"),
+    ("system_metrics_seconds", "-5"), ("system_metrics_seconds", "0.5"),
+    ("samples", "-1"), ("samples", "2.5"), ("sample_prompts", "{tmp}/no-such-prompts.txt"),
+    ("sample_tokens", "0"), ("sample_seconds", "0"), ("sample_seconds", "-1"),
+    ("judge", "gpt-4"), ("judge", "openai:/judge-model"), ("judge_url", "notaurl"),
+    ("judge_url", "http://user:secret@127.0.0.1:1/v1"), ("judge_guidelines", "@{tmp}/no-such-rubric.txt"),
+    ("judge_timeout", "0"), ("judge_timeout", "nan"),
     # names the file system refuses outright (Path.exists raises ENAMETOOLONG instead of answering False)
     ("model", "./" + "m" * 300), ("data", "d" * 300 + ".csv"), ("output_dir", "o" * 300),
 ]

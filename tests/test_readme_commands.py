@@ -3,12 +3,14 @@
 * what needs the internet gets its local stand-in: a hub model id becomes the built-in model's local folder
   (``distilbert-base-uncased``) or a tiny local GPT-2 (``gpt2``), a Slack URL becomes a webhook receiver on
   127.0.0.1, ``mlflow-host:5000`` a real ``mlflow server`` on 127.0.0.1;
-* the user's own files (``tickets.csv``, ``notes.jsonl``) are written from the built-in data set;
+* the user's own files (``tickets.csv``, ``notes.jsonl``) are written from the built-in data set (``mlflow run``
+  gets their full path: it runs the job in the project's folder);
 * placeholders (``<run_id>``, ``A,B``, ``...``) become the runs trained here;
 * ``mlflow run`` also gets ``-P output_dir=...`` and a throwaway tracking store, so tests never write into the
-  checkout; ``mlflow ui`` that store and a free loopback port; ``pip install`` runs with ``--dry-run`` (it must
-  resolve, and must not change the environment the other tests run in); the README's test command is the one
-  ``.ci/run`` runs, which CI runs.
+  checkout, and ``-P max_steps=...`` to keep the suite short (a whole default job, its length and score, is
+  ``tests/test_tracking_job.py``'s to check); ``mlflow ui`` gets that store and a free loopback port;
+  ``pip install`` runs with ``--dry-run`` (it must resolve, and must not change the environment the other
+  tests run in); the README's test command is the one ``.ci/run`` runs, which CI runs.
 
 One command is not run: plain ``mlflow run .`` builds a conda environment, and conda cannot be installed on
 this machine; ``tests/test_tracking_config.py`` keeps ``conda.yaml`` identical to ``pyproject.toml``.
@@ -63,6 +65,8 @@ RUN_HERE = {
     "peft-studio analyze <run_id>", "peft-studio compare --experiment tuning", "peft-studio compare --run-ids A,B",
     "mlflow run . --env-manager local -P model=... -P data=...",
     "peft-studio notify test 'slack://TokenA/TokenB/TokenC/#training'",
+    "mlflow run . --env-manager local -P stop_on=nan,divergence,overfitting",
+    "peft-studio watch --once --notify notify.yaml",
 }
 
 
@@ -103,33 +107,32 @@ def test_the_install_commands_resolve_from_the_checkout(command):
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    """A user's folder: their data files, a fresh tracking store, no leftover MLflow run variables."""
+def workspace(tmp_path, monkeypatch, tracking_uri):
+    """A user's folder: their data files, a fresh tracking store (``tracking_uri``: for this process and its
+    subprocesses), no leftover MLflow run variables."""
     with open(REPO / "tracking" / "data" / "support_tickets.csv", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))[:64]
+        rows = list(csv.DictReader(handle))[:40]
     with open(tmp_path / "tickets.csv", "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=["text", "label"])
         writer.writeheader()
         writer.writerows({"text": r["text"], "label": r["label"]} for r in rows)
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def run_shown(command: str, workspace: Path, substitutions: dict[str, str] | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a README command in ``workspace`` after the substitutions this module's docstring lists."""
+              timeout: float = 900, shorter: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run a README command in ``workspace`` after the substitutions this module's docstring lists;
+    ``shorter``: ``-P`` settings that make a job shorter where its length is not what the command shows."""
     for old, new in (substitutions or {}).items():
         assert old in command, f"{old!r} is not in {command!r}"
         command = command.replace(old, new)
     argv = shlex.split(command)
     if argv[:2] == ["mlflow", "run"]:
         argv[2] = str(REPO) if argv[2] == "." else argv[2]
-        argv += ["-P", f"output_dir={workspace / 'outputs'}"]
+        argv += ["-P", f"output_dir={workspace / 'outputs'}", *(a for s in shorter for a in ("-P", s))]
     argv = [sys.executable, "-m", "tracking.cli" if argv[0] == "peft-studio" else argv[0], *argv[1:]]
     done = subprocess.run(argv, cwd=workspace, capture_output=True, text=True, timeout=timeout, env=os.environ)
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
@@ -146,7 +149,7 @@ def _finished_runs(experiment: str | None = None) -> list:
 
 @pytest.mark.slow
 def test_the_quick_start_job_trains_scores_and_prints_the_summary(workspace):
-    done = run_shown("mlflow run . --env-manager local", workspace)
+    done = run_shown("mlflow run . --env-manager local", workspace, shorter=("max_steps=24",))
     match = RUN_SUMMARY.search(done.stdout)
     assert match, done.stdout[-2000:]
     run = next(r for r in _finished_runs() if r.info.run_id == match.group(1))
@@ -159,11 +162,13 @@ def test_own_data_commands_then_analyze_and_both_compares(workspace, tiny_causal
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tuning")
     model = {"distilbert-base-uncased": str(builtin_model_path())}
+    # `mlflow run` runs the job in the project's folder: the user's files go by their full path
     run_shown("mlflow run . --env-manager local -P model=distilbert-base-uncased -P data=tickets.csv -P epochs=3",
-              workspace, model)
+              workspace, {**model, "data=tickets.csv": f"data={workspace / 'tickets.csv'}"})
     run_shown("peft-studio train --model distilbert-base-uncased --data tickets.csv --epochs 3", workspace, model)
     run_shown("mlflow run . --env-manager local -P task=causal-lm -P model=gpt2 -P data=notes.jsonl "
-              "-P target_modules=c_attn", workspace, {"model=gpt2": f"model={tiny_causal_lm}"})
+              "-P target_modules=c_attn", workspace,
+              {"model=gpt2": f"model={tiny_causal_lm}", "data=notes.jsonl": f"data={workspace / 'notes.jsonl'}"})
     runs = _finished_runs("tuning")
     assert len(runs) == 3 and all("quality_score" in r.data.metrics for r in runs)
     assert {r.data.params["task"] for r in runs} == {"classification", "causal-lm"}
@@ -172,7 +177,7 @@ def test_own_data_commands_then_analyze_and_both_compares(workspace, tiny_causal
     analyzed = run_shown("peft-studio analyze <run_id>", workspace, {"<run_id>": first})
     assert f"Run {first}: quality score" in analyzed.stdout
     compared = run_shown("peft-studio compare --experiment tuning", workspace)
-    assert "3 runs" in compared.stdout or "3 run" in compared.stdout, compared.stdout[-2000:]
+    assert all(r.info.run_id[:8] in compared.stdout for r in runs), compared.stdout[-2000:]  # a row per run
     ab = run_shown("peft-studio compare --run-ids A,B", workspace, {"A,B": f"{first},{second}"})
     assert first[:8] in ab.stdout and second[:8] in ab.stdout, ab.stdout[-2000:]
 
@@ -181,7 +186,8 @@ def test_own_data_commands_then_analyze_and_both_compares(workspace, tiny_causal
 def test_the_server_command_logs_to_the_server(workspace, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "my-finetunes")  # as the README's export lines
     done = run_shown("mlflow run . --env-manager local -P model=... -P data=...", workspace,
-                     {"model=...": "model=builtin:all-MiniLM-L6-v2", "data=...": "data=builtin:support-tickets"})
+                     {"model=...": "model=builtin:all-MiniLM-L6-v2", "data=...": "data=builtin:support-tickets"},
+                     shorter=("max_steps=12",))
     run_id = RUN_SUMMARY.search(done.stdout).group(1)
     assert [r.info.run_id for r in _finished_runs("my-finetunes")] == [run_id]
     assert mlflow_server.startswith("http://127.0.0.1:")
@@ -191,7 +197,7 @@ def test_the_notify_test_command_reaches_the_channel(workspace):
     with HTTPReceiver() as webhook:
         done = run_shown("peft-studio notify test 'slack://TokenA/TokenB/TokenC/#training'", workspace,
                          {"slack://TokenA/TokenB/TokenC/#training": webhook.url()})
-        assert [body["title"] for body in webhook.wait_for(1)] == ["peft-studio test message"]
+        assert [request["json"]["title"] for request in webhook.wait_for(1)] == ["peft-studio test message"]
     assert "OK" in done.stdout or "ok" in done.stdout.lower(), done.stdout
 
 
@@ -214,3 +220,38 @@ def test_mlflow_ui_serves_the_runs_page(workspace):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_stop_on_command_runs_a_guarded_job(workspace):
+    done = run_shown("mlflow run . --env-manager local -P stop_on=nan,divergence,overfitting", workspace,
+                     shorter=("max_steps=12", "eval_steps=3"))
+    run_id = RUN_SUMMARY.search(done.stdout).group(1)
+    (run,) = [r for r in _finished_runs() if r.info.run_id == run_id]
+    assert run.data.params["stop_on"] == "nan,divergence,overfitting"
+    assert "quality_score" in run.data.metrics
+
+
+def test_the_watch_command_reports_a_run_that_died_silently(workspace):
+    from mlflow.tracking import MlflowClient
+
+    from tracking.heartbeat import HEARTBEAT_INTERVAL_TAG, HEARTBEAT_TAG
+    from tracking.watch import DEAD_TAG
+
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment("silent"))  # what a job killed with SIGKILL leaves
+    run_id = run.info.run_id
+    for step in range(1, 41):
+        client.log_metric(run_id, "loss", 2.0 / step + 0.3, step=step)
+    client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time() - 3600:.0f}")
+    client.set_tag(run_id, HEARTBEAT_INTERVAL_TAG, "60")
+    with HTTPReceiver() as webhook:
+        (workspace / "notify.yaml").write_text(f"urls:\n  - {webhook.url()}\n")
+        run_shown("peft-studio watch --once --notify notify.yaml", workspace)
+        (message,) = webhook.wait_for(1)
+        run_shown("peft-studio watch --once --notify notify.yaml", workspace)  # reported once, not again
+        time.sleep(0.5)
+        assert len(webhook.received) == 1
+    assert "40" in message["json"]["message"], message["json"]  # the last step it reached
+    after = client.get_run(run_id)
+    assert after.info.status == "FAILED" and after.data.tags[DEAD_TAG].startswith("no heartbeat since")

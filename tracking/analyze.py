@@ -8,7 +8,7 @@ exactly what MLflow would give back (``LoggedHistory``); the analysis is the sam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -32,10 +32,12 @@ def analyze_run(
     logged: LoggedHistory | None = None,
     tracking_uri: str | None = None,
     loss_curve_png: str | Path | None = None,
+    report_sections: Sequence[str] = (),
 ) -> QualityAnalysis:
     """Analyze the run's metric history (read from MLflow, or ``logged`` where that is the same history: every
     point of the run, sent by this process to a store at ``tracking_uri``, the client's by default) and, with
-    ``write``, log the results to the run; ``loss_curve_png`` keeps a copy of the logged loss-curve PNG there."""
+    ``write``, log the results to the run; ``loss_curve_png`` keeps a copy of the logged loss-curve PNG there, and
+    ``report_sections`` (markdown) go into its report.md."""
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -54,5 +56,5 @@ def analyze_run(
     except ValueError as exc:
         raise AnalysisError(f"run {run_id} cannot be analyzed: {exc}; nothing was written") from None
     if write:
-        write_analysis(client, run_id, analysis, loss_curve_png)
+        write_analysis(client, run_id, analysis, loss_curve_png, report_sections)
     return analysis

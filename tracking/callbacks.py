@@ -99,14 +99,19 @@ class PeftStudioCallback(NotificationCallback):
             raise
 
     ``notify`` takes what ``--notify`` takes (URLs or an apprise config file; empty: PEFT_STUDIO_NOTIFY).
-    Invalid channels raise ``ChannelError`` here, before training starts.
+    Invalid channels raise ``ChannelError`` here, before training starts. ``stop_on`` (e.g. ``"nan,overfitting"``)
+    and ``stop_patience`` are the job's (docs/guard.md): training stops at the next step, the model gets the
+    best-eval weights back at the end (save it after ``train()``) and the completion message says so.
     """
 
     def __init__(self, notify: str | None = None, analyze: bool = True, stall_minutes: float = 15.0,
-                 model: str = "your model", data: str = "your data"):
+                 model: str = "your model", data: str = "your data", stop_on: str = "", stop_patience: int = 3):
         from notify.delivery import Notifier, load_channels
 
-        self.notifier = Notifier(load_channels(notify))
+        from .early_stop import StopOnCallback
+
+        self.stopper = StopOnCallback(stop_on, stop_patience) if stop_on.strip() else None  # bad words: ValueError
+        self.notifier = Notifier(load_channels(notify), send_from_helper=True)  # sends never take the GIL here
         self.analyze = analyze
         self.run_id: str | None = None
         super().__init__(lambda total, start: TrainingMonitor(self.notifier, total, start_step=start,
@@ -120,7 +125,19 @@ class PeftStudioCallback(NotificationCallback):
 
         if state.is_world_process_zero and mlflow.active_run() is not None:
             self.run_id = mlflow.active_run().info.run_id
+        if self.stopper is not None:
+            self.stopper.on_train_begin(args, state, control, **kwargs)
         super().on_train_begin(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if self.stopper is not None:
+            self.stopper.on_log(args, state, control, logs=logs, **kwargs)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        super().on_evaluate(args, state, control, **kwargs)
+        if self.stopper is not None:
+            self.stopper.on_evaluate(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is None:
@@ -137,8 +154,27 @@ class PeftStudioCallback(NotificationCallback):
                 analysis = analyze_run(MlflowClient(), self.run_id)
             except Exception as exc:  # the completion message still goes out, without a score
                 log.warning("could not analyze run %s: %s", self.run_id, exc)
-        self.monitor.complete(analysis)
+        self.monitor.complete(analysis, extra_lines=self._stopped_early(state, kwargs.get("model")))
         self.monitor.close()
+
+    def _stopped_early(self, state, model) -> list[str]:
+        """After a stop_on stop: the best-eval weights back into ``model``, the run's tags, the message's line."""
+        stopper = self.stopper
+        if stopper is None or stopper.decision is None or model is None:
+            return []
+        from .early_stop import ADAPTER_STEP_TAG, STOPPED_TAG
+
+        adapter_step = stopper.restore_best(model)
+        if self.run_id:
+            try:
+                client = MlflowClient()
+                client.set_tag(self.run_id, STOPPED_TAG, stopper.decision.tag)
+                client.set_tag(self.run_id, ADAPTER_STEP_TAG, adapter_step if adapter_step is not None
+                               else state.global_step)
+            except Exception as exc:
+                log.warning("could not tag run %s as stopped early: %s", self.run_id, exc)
+        line = stopper.decision.sentence(stopper.stopped_step, adapter_step)
+        return [line[:1].upper() + line[1:] + "."]
 
     def fail(self, exc: BaseException) -> None:
         """Report a crash (or, for KeyboardInterrupt, a stop) of ``trainer.train()``."""

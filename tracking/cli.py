@@ -40,7 +40,7 @@ def friendly_errors(func):
 
                 if not isinstance(resolve_data_source(config.data), str):  # a file (a hub dataset loads once, later)
                     load_text_data(config)
-            if ctx.command.name in ("train", "analyze", "compare", "upload"):
+            if ctx.command.name in ("train", "analyze", "compare", "upload", "watch"):
                 import mlflow
 
                 from .mlflow_io import check_tracking_server
@@ -67,6 +67,7 @@ def main(debug: bool) -> None:
     peft-studio compare --experiment  compare runs: what goes with higher scores, what to try next
     peft-studio upload FILE           send points a run could not log (tracking store away) to it
     peft-studio notify test URLS      send a test message to each notification channel
+    peft-studio watch --once          fail and report runs whose process died without a word
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # apprise and urllib3 log webhook URLs, tokens and all
@@ -114,7 +115,7 @@ def train(**settings: str) -> None:
     from .train import is_main_process, run_training
 
     try:
-        result = run_training(config, notifier=Notifier(channels), channel_count=len(channels))
+        result = run_training(config, notifier=Notifier(channels, send_from_helper=True), channel_count=len(channels))
     except KeyboardInterrupt as exc:
         click.echo(f"peft-studio: {exc or 'interrupted'}; the MLflow run is marked KILLED", err=True)
         sys.exit(130)
@@ -268,6 +269,51 @@ def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float) 
     if not 0 < value < float("inf"):  # also refuses nan
         raise click.BadParameter(f"must be a number of seconds > 0, got {value}")
     return value
+
+
+@main.command()
+@click.option("--experiment", "experiments", multiple=True,
+              help="Watch this experiment (by name; repeat for more). Default: every experiment.")
+@click.option("--filter", "filter_string", default="",
+              help="MLflow search filter added to status = RUNNING, e.g. \"params.task = 'causal-lm'\".")
+@click.option("--limit", default=300.0, show_default=True, callback=_positive_seconds,
+              help="Seconds without a heartbeat after which a RUNNING run counts as dead (at least 3 of the "
+                   "run's own heartbeat_seconds).")
+@click.option("--once", is_flag=True, help="Look once and exit (for cron); otherwise look every --interval.")
+@click.option("--interval", default=60.0, show_default=True, callback=_positive_seconds,
+              help="Seconds between looks in the loop.")
+@click.option("--notify", "notify_spec", default="",
+              help="Where to report dead runs: what `train --notify` takes (apprise URLs or an apprise config "
+                   "file). Empty: the PEFT_STUDIO_NOTIFY variable.")
+@friendly_errors
+def watch(experiments: tuple[str, ...], filter_string: str, limit: float, once: bool, interval: float,
+          notify_spec: str) -> None:
+    """Find RUNNING runs whose heartbeat stopped (the training process was killed, ran out of memory, or
+    lost its machine), mark them FAILED with a tag saying since when, analyze their partial history and
+    send one error notification each. Safe to run from several places: each run is reported once.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from notify.delivery import Notifier, load_channels
+
+    from .watch import watch as watch_runs
+
+    notifier = Notifier(load_channels(notify_spec))
+
+    def show(result) -> None:
+        click.echo(f"watch: {result.checked} running run(s) with a heartbeat, {len(result.silent)} silent, "
+                   f"{len(result.reported)} reported by this watcher")
+
+    try:
+        watch_runs(notifier, experiments, filter_string, limit, once, interval, on_poll=show)
+    except ValueError as exc:  # an unknown experiment
+        raise ConfigError(str(exc)) from None
+    except MlflowException as exc:  # e.g. a filter MLflow cannot parse
+        raise ConfigError(f"MLflow refused the search ({exc.message.splitlines()[0]}); check --filter") from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        notifier.close()
 
 
 @main.group()

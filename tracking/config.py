@@ -63,6 +63,42 @@ class TrainConfig:
         "Warn when the run has made no progress (a step, an eval batch, a saved checkpoint) for this many "
         "minutes (a watchdog beside the loop; 0 disables it).", 15.0)
     output_dir: str = _help("Where checkpoints and the final adapter are written.", "outputs")
+    stop_on: str = _help(
+        "Stop training early when the live rules find one of these (comma-separated): nan (a non-finite "
+        "loss; at once), divergence (the loss climbs back durably), overfitting (eval loss above its best "
+        "beyond its noise for stop_patience evaluations). The adapter kept is then the one with the best eval "
+        "loss. Empty: never stop early.", "")
+    stop_patience: int = _help("Evaluations in a row above the best eval loss before stop_on=overfitting stops.", 3)
+    heartbeat_seconds: float = _help(
+        "Record a heartbeat in the run (tag peft_studio.heartbeat) every this many seconds from a background "
+        "thread, for `peft-studio watch` to find runs that died without a word (0 disables it).", 60.0)
+    system_metrics_seconds: float = _help(
+        "Log MLflow's system metrics (CPU, memory, GPU where present; system/* metrics) every this many "
+        "seconds, and warn when memory nears its limit (0 disables them).", 0.0)
+    samples: int = _help(
+        "causal-lm: held-out prompts generated at each milestone (25/50/75/100%) with the current adapter and "
+        "logged as the run's samples table (0 turns sampling off).", 8)
+    sample_prompts: str = _help(
+        "File of prompts to sample: one prompt a line, or a CSV/JSONL file with a `prompt` column and an "
+        "optional `reference` one. Empty: prompts from the eval split (first half of each text; the rest is "
+        "the reference).", "")
+    sample_tokens: int = _help("New tokens generated per sample (greedy decoding).", 32)
+    sample_seconds: float = _help(
+        "Time bound of one milestone's sampling; prompts not reached in time are left out of that milestone.",
+        30.0)
+    judge: str = _help(
+        "causal-lm: an LLM judge of the final samples, named as MLflow names judge models (e.g. "
+        "openai:/gpt-4o-mini). Its key comes from the environment (OPENAI_API_KEY for openai:/), never from a "
+        "parameter. Empty: no judge.", "")
+    judge_url: str = _help(
+        "Base URL of the OpenAI-compatible server that serves the judge (e.g. http://127.0.0.1:8000/v1). "
+        "Empty: the provider's own endpoint (or OPENAI_BASE_URL).", "")
+    judge_guidelines: str = _help(
+        "The judge's rubric: the text itself, or @path of a file holding it. Empty: a short default rubric "
+        "(on-topic, fluent continuation without repetition; see docs/evaluation.md).", "")
+    judge_timeout: float = _help(
+        "Seconds the judge may take in all; a judge that fails, hangs or answers garbage leaves the run without "
+        "verdicts, and the report says why.", 120.0)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -83,6 +119,8 @@ class TrainConfig:
             raise ConfigError("target_modules must be 'auto' or comma-separated module names, e.g. query,value")
         if self.seed > MAX_SEED:
             raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1, numpy's limit), got {self.seed!r}")
+        _check_guard(self)
+        _check_evaluation(self)
         if self.lora_r > MAX_LORA_R:
             raise ConfigError(f"lora_r must be at most {MAX_LORA_R} (typical ranks are 4-64), got {self.lora_r!r}")
         _check_paths(self)
@@ -160,6 +198,61 @@ def _check_paths(cfg: TrainConfig) -> None:
             raise ConfigError(f"output_dir {cfg.output_dir!r} is not writable ({str(path)!r}); pass a directory "
                               "you can write to")
         return
+
+
+def _check_guard(cfg: TrainConfig) -> None:
+    """stop_on, stop_patience and the two intervals of the run guard (docs/guard.md)."""
+    from scoring.stopping import parse_stop_on
+
+    try:
+        parse_stop_on(cfg.stop_on)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.stop_patience < 1:
+        raise ConfigError(f"stop_patience must be a whole number of evaluations >= 1, got {cfg.stop_patience!r}")
+    for name in ("heartbeat_seconds", "system_metrics_seconds"):
+        value = getattr(cfg, name)
+        if not (value == 0 or 1 <= value <= 86400):
+            raise ConfigError(f"{name} must be 0 (off) or a number of seconds from 1 to 86400, got {value!r}")
+
+
+def _check_evaluation(cfg: TrainConfig) -> None:
+    """The sampling and judge settings (docs/evaluation.md). The judge's key is only checked for presence."""
+    from urllib.parse import urlparse
+
+    _non_negative(cfg, "samples")
+    _positive(cfg, "sample_tokens", "sample_seconds", "judge_timeout")
+    if cfg.sample_prompts.strip() and not usable_path(cfg.sample_prompts, "sample_prompts").is_file():
+        raise ConfigError(f"sample_prompts file {cfg.sample_prompts!r} does not exist; pass a file with one prompt a "
+                          "line (or a CSV/JSONL file with a `prompt` column), or leave it empty for eval prompts")
+    guidelines = cfg.judge_guidelines.strip()
+    if guidelines.startswith("@") and not usable_path(guidelines[1:], "judge_guidelines").is_file():
+        raise ConfigError(f"judge_guidelines file {guidelines[1:]!r} does not exist; pass @path of a rubric file "
+                          "or the rubric text itself")
+    if cfg.judge_url.strip():
+        url = urlparse(cfg.judge_url.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"judge_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+                              f"got {cfg.judge_url!r}")
+        if url.username or url.password:
+            raise ConfigError("judge_url must not carry credentials; put the key in OPENAI_API_KEY instead")
+    judge = cfg.judge.strip()
+    if not judge:
+        return
+    provider, sep, model = judge.partition(":/")
+    if not sep or not provider or not model.strip("/") or any(c.isspace() for c in judge):
+        raise ConfigError(f"judge must name a model as MLflow does, provider:/model (e.g. openai:/gpt-4o-mini), "
+                          f"got {cfg.judge!r}")
+    if cfg.task != "causal-lm":
+        raise ConfigError("judge needs task=causal-lm (it judges generated samples); classification runs get "
+                          "accuracy, macro-F1 and a confusion matrix instead: remove judge")
+    if cfg.samples <= 0:
+        raise ConfigError("judge needs samples > 0 (it judges the samples of the last milestone)")
+    if cfg.judge_url.strip() and provider != "openai":
+        raise ConfigError(f"judge_url serves OpenAI-compatible judges only: use judge=openai:/<model>, got {judge!r}")
+    if provider == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise ConfigError("judge needs its key in the OPENAI_API_KEY environment variable (any value for a server "
+                          "that takes none); keys are never passed as parameters")
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:

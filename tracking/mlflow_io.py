@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -182,7 +182,7 @@ def top_suggestion_text(analysis: QualityAnalysis) -> str:
 
 
 def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis,
-                   loss_curve_png: str | Path | None = None) -> None:
+                   loss_curve_png: str | Path | None = None, report_sections: Sequence[str] = ()) -> None:
     """Log the analysis to the run. Writing again replaces the tags, artifacts and latest score.
     ``loss_curve_png``: also keep the loss-curve PNG at this path (rendered once, e.g. to attach it to the
     completion message; MLflow's ``log_figure`` writes the same file through ``savefig``)."""
@@ -191,7 +191,7 @@ def write_analysis(client: MlflowClient, run_id: str, analysis: QualityAnalysis,
     from scoring.plot import loss_curve_figure  # matplotlib loads only when a run is analyzed
 
     data = analysis.to_dict()
-    report = render_markdown(analysis)
+    report = render_markdown(analysis, report_sections)  # sections: e.g. the job's model outputs
     tags = {
         TAG_SCORE: f"{analysis.quality_score:g}",
         TAG_ASSESSMENT: analysis.overall_assessment,

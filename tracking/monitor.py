@@ -88,6 +88,7 @@ class TrainingMonitor:
         self._pending: list[Future] = []  # milestone messages waiting for their provisional score
         self.latest: dict[str, float] = {}
         self.step_reached = start_step
+        self._memory_warned = False
         self.phase = "training"  # what the run is doing: named by a stall warning
         self.started = time.monotonic()
         self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peft-studio-score")
@@ -161,13 +162,16 @@ class TrainingMonitor:
             else:
                 self._send(event)
 
-    def complete(self, analysis=None, run_url: str | None = None, attachments: Iterable[str] = ()) -> None:
-        """The completion message: final score, assessment, top three suggestions, run link. Sent after the
-        milestone messages still waiting for their provisional score (a run shorter than the helper's start)."""
+    def complete(self, analysis=None, run_url: str | None = None, attachments: Iterable[str] = (),
+                 extra_lines: Iterable[str] = ()) -> None:
+        """The completion message: final score, assessment, top three suggestions, run link (``extra_lines``,
+        e.g. why stop_on stopped the run, go under the score). Sent after the milestone messages still waiting
+        for their provisional score (a run shorter than the helper's start)."""
         wait(self._pending)
         event = self.manager.complete(
             analysis.quality_score if analysis else None,
             analysis.overall_assessment if analysis else None,
+            tuple(extra_lines),
             suggestions=[s.change or s.message for s in analysis.suggestions[:3]] if analysis else (),
             run_url=run_url,
         )
@@ -187,6 +191,17 @@ class TrainingMonitor:
     def send(self, event: NotificationEvent) -> None:
         """Any other event of this run (e.g. the tracking store being away), through the same channels."""
         self._send(event)
+
+    def warn_memory(self, percent: float, detail: str) -> None:
+        """Memory near its limit (the system-metrics sampler's thread): one warning per run."""
+        if self._memory_warned:
+            return
+        self._memory_warned = True
+        from notify import warning_event
+
+        self._send(warning_event("memory", f"Memory is at {percent:.0f}% of its limit ({detail}); the system may "
+                                 "kill the run soon. Lower batch_size or max_length, or free memory.",
+                                 self.step_reached, self.manager.total_steps))
 
     def close(self) -> None:
         """Stop the watchdog, let pending scores go out, then flush the notifier (bounded)."""

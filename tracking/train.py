@@ -26,10 +26,14 @@ from .analyze import AnalysisError, analyze_run
 from .callbacks import MlflowMetricsCallback, NotificationCallback
 from .config import TrainConfig
 from .data import TextData, load_text_data
+from .early_stop import ADAPTER_STEP_TAG, STOPPED_TAG, StopOnCallback
+from .evaluation import Evaluation, evaluate_outputs
+from .heartbeat import RunGuard
 from .mlflow_io import LoggedHistory, log_new_params, run_page_url, store_setup_lock
 from .model import LoadedModel, load_lora_model
 from .monitor import TrainingMonitor
 from .run_logger import CANNOT_KEEP, LoggerReport, RunLogger
+from .samples import load_sample_prompts, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,7 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     Raises ``ConfigError`` before touching MLflow when a setting, the data or the model is wrong."""
     skip_final_gc_at_exit()
     data = load_text_data(config)
+    prompts = load_sample_prompts(config, data.eval_texts)  # a bad sample_prompts file fails here, in a second
     loaded = load_lora_model(config, data.label_names)
     if not is_main_process():
         return _train_without_tracking(config, data, loaded)
@@ -175,8 +180,13 @@ def run_training(config: TrainConfig, notifier=None, channel_count: int = 0) -> 
     with _sigterm_as_stop():
         try:
             _log_setup(job, data, loaded, channel_count)
+            job.data = data
+            job.sampler = make_sampler(config, prompts, loaded.tokenizer, job.client, job.run_id)
+            job.stopper = StopOnCallback(config.stop_on, config.stop_patience) if config.stop_on.strip() else None
             job.trainer = build_trainer(config, data, loaded,
-                                        callbacks=[MlflowMetricsCallback(job.logger), job.notifications])
+                                        callbacks=[MlflowMetricsCallback(job.logger), job.notifications,
+                                                   *([job.stopper] if job.stopper else []),
+                                                   *([job.sampler] if job.sampler else [])])
             started = time.monotonic()
             job.trainer.train()
             log.info("training finished in %.1f s", time.monotonic() - started)
@@ -200,6 +210,10 @@ class _Job:
     fresh_run: bool  # the run held no point from an earlier attempt or another process
     make_monitor: object  # (total_steps, start_step) -> TrainingMonitor
     trainer: object = None
+    stopper: StopOnCallback | None = None  # stop_on's callback, when set
+    guard: RunGuard | None = None  # heartbeat and system metrics (tracking/heartbeat.py)
+    data: TextData | None = None
+    sampler: object = None  # tracking.samples.SamplingCallback for causal-lm runs with samples > 0
 
     def monitor(self, planned_steps: int) -> TrainingMonitor:
         """The run's monitor; one made now when training never got as far as making it."""
@@ -208,7 +222,8 @@ class _Job:
 
 def _train_without_tracking(config: TrainConfig, data: TextData, loaded: LoadedModel) -> JobResult:
     """A process other than the main one (rank > 0) trains its share and neither logs nor notifies."""
-    trainer = build_trainer(config, data, loaded, callbacks=[])
+    stopper = [StopOnCallback(config.stop_on, config.stop_patience, keep_best=False)] if config.stop_on.strip() else []
+    trainer = build_trainer(config, data, loaded, callbacks=stopper)  # stops at the same step as the main process
     trainer.train()
     return JobResult(None, None, trainer.state.global_step)
 
@@ -247,8 +262,10 @@ def _open_run(config: TrainConfig, notifier) -> _Job:
         if notifications.monitor is not None and event.event_type.value in ("progress", "warning"):
             _record_sent(logger, notifications.monitor)
 
+    guard = RunGuard.start(client, run_id, config.heartbeat_seconds, config.system_metrics_seconds,
+                           on_memory=lambda percent, detail: _warn_memory(notifications, percent, detail))
     return _Job(config, client, run_id, url, notifier, logger, notifications,
-                fresh_run=not existing.metrics, make_monitor=make_monitor)
+                fresh_run=not existing.metrics, make_monitor=make_monitor, guard=guard)
 
 
 def _log_setup(job: _Job, data: TextData, loaded: LoadedModel, channel_count: int) -> None:
@@ -271,20 +288,24 @@ def _conclude(job: _Job) -> JobResult:
     """Keep the adapter, analyze the run (from the history this process sent, when it is the whole
     history), send the completion message with the loss curve, and end the run FINISHED."""
     trainer, client, run_id = job.trainer, job.client, job.run_id
+    stop_line = _stopped_early(job)  # restores the best-eval weights first, when stop_on stopped the run
     adapter = _save_adapter(trainer, job.config)
     monitor = job.monitor(trainer.state.max_steps)
+    evaluation = _evaluate(job)  # task metrics, samples and judge: named in the report, logged after the analysis
     analysis, attachments = None, ()
     if _all_sent(job.logger):
         client.log_artifacts(run_id, str(adapter), "adapter")
         png = Path(job.config.output_dir) / "loss_curve.png"  # attached to the completion message too
         try:
             analysis = analyze_run(client, run_id, logged=own_history(job.logger, monitor, job.fresh_run),
-                                   loss_curve_png=png)
+                                   loss_curve_png=png, report_sections=[evaluation.report_section()])
             attachments = [str(png)] if analysis.curves is not None else ()
         except AnalysisError as exc:  # training worked; only the score is missing (e.g. 1 logged point)
             log.warning("%s", exc)
-    monitor.complete(analysis, job.url, attachments)
-    report = _finish(run_id, monitor, job.logger, "FINISHED")
+        evaluation.log(client, run_id)
+    monitor.complete(analysis, job.url, attachments,
+                     extra_lines=[*([stop_line] if stop_line else []), *evaluation.message_lines()])
+    report = _finish(run_id, monitor, job.logger, "FINISHED", job.guard)
     return JobResult(run_id, analysis, trainer.state.global_step, report.unsent_path)
 
 
@@ -296,9 +317,11 @@ def _conclude_after_failure(job: _Job, exc: BaseException) -> None:
         trainer = job.trainer
         monitor = job.monitor(trainer.state.max_steps if trainer is not None else 1)
         monitor.fail(exc, stopped=stopped)
+        if job.sampler is not None:
+            job.sampler.close()  # the samples logged so far stay with the run
         if _all_sent(job.logger):
             _partial_analysis(job.client, job.run_id)
-        _finish(job.run_id, monitor, job.logger, "KILLED" if stopped else "FAILED")
+        _finish(job.run_id, monitor, job.logger, "KILLED" if stopped else "FAILED", job.guard)
     except KeyboardInterrupt as again:  # Ctrl-C or SIGTERM again while cleaning up: stop now
         _end_at_once(job.run_id, job.logger)
         raise again from exc
@@ -429,6 +452,38 @@ def _record_sent(logger: RunLogger, monitor: TrainingMonitor) -> None:
     logger.set_tag(WARNINGS_TAG, ",".join(sorted(k for k in monitor.watch.warned if k in WARNING_KINDS)))
 
 
+def _stopped_early(job: _Job) -> str | None:
+    """When stop_on ended training: put the best-eval weights back (they become the adapter), tag the run
+    with why and from which step the adapter is, and return the completion message's line."""
+    stopper = job.stopper
+    if stopper is None or stopper.decision is None:
+        return None
+    adapter_step = stopper.restore_best(job.trainer.model)
+    job.logger.set_tag(STOPPED_TAG, stopper.decision.tag)
+    job.logger.set_tag(ADAPTER_STEP_TAG, adapter_step if adapter_step is not None else job.trainer.state.global_step)
+    line = stopper.decision.sentence(stopper.stopped_step, adapter_step)
+    log.warning("%s", line)
+    return line[:1].upper() + line[1:] + "."
+
+
+def _evaluate(job: _Job) -> Evaluation:
+    """What the model does (docs/evaluation.md); never a reason for the run to fail."""
+    if job.sampler is not None:
+        job.sampler.close()  # the samples table is complete before the report names it
+    try:
+        return evaluate_outputs(job.config, job.trainer, job.data, job.sampler)
+    except Exception as exc:
+        log.warning("could not evaluate the model's outputs: %s", exc)
+        return Evaluation(errors=[f"model outputs ({type(exc).__name__})"])
+
+
+def _warn_memory(notifications: NotificationCallback, percent: float, detail: str) -> None:
+    """Memory near its limit (from the system-metrics sampler): one warning, before the OOM killer acts."""
+    monitor = notifications.monitor
+    if monitor is not None:
+        monitor.warn_memory(percent, detail)
+
+
 def _save_adapter(trainer, config: TrainConfig) -> Path:
     """Keep the LoRA adapter (a few hundred KB) with the run, so the run is usable, not just scored; it is
     written locally first, so it survives a tracking store that is away."""
@@ -445,9 +500,12 @@ def _partial_analysis(client: MlflowClient, run_id: str) -> None:
         log.info("no partial analysis for run %s: %s", run_id, exc)
 
 
-def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: str) -> LoggerReport:
+def _finish(run_id: str, monitor: TrainingMonitor, logger: RunLogger, status: str,
+            guard: RunGuard | None = None) -> LoggerReport:
     """Send the last points and tags (bounded), keep the notification record with the run, close the run.
     When the store is away, the points go to a local file and the user is told how to upload them."""
+    if guard is not None:
+        guard.stop()  # no heartbeat once the run ends
     _record_sent(logger, monitor)
     report = logger.close(timeout=FLUSH_TIMEOUT_SECONDS if logger.healthy else 0.0, status=status)
     if report.unsent:
