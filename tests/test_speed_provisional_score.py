@@ -5,6 +5,7 @@ milestone."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -73,7 +74,7 @@ def test_milestone_scores_come_from_the_helper_and_equal_the_full_analysis(monke
 
 
 def test_without_a_helper_the_score_is_computed_here_and_is_the_same(monkeypatch):
-    monkeypatch.setattr(tracking.monitor.sys, "executable", "")  # no Python to start a helper with
+    monkeypatch.setattr(sys, "executable", "")  # no Python to start a helper with
     notifier = _notifier()
     monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
     expected = _train(monitor)

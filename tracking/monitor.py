@@ -33,18 +33,17 @@ import os
 import pickle
 import queue
 import subprocess
-import sys
 import threading
 import time
 import traceback
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+import notify.delivery.child as child
 from notify import (
     NotificationEvent,
     NotificationManager,
@@ -269,9 +268,6 @@ def history_frame(columns: Mapping[str, tuple[array, array]], upto: Mapping[str,
                          "value": np.concatenate(values)})
 
 
-# The helper process runs this with the folder that holds the `tracking` and `scoring` packages.
-HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from tracking.monitor import serve_scores; serve_scores()"
-
 
 class ScoreHelper:
     """A helper process that computes provisional scores, so that the training process does not spend 12-70 ms
@@ -297,11 +293,7 @@ class ScoreHelper:
             if self._process is not None or self._unusable:
                 return self._process is not None
             try:
-                root = str(Path(__file__).resolve().parents[1])
-                if not sys.executable:
-                    raise OSError("no Python executable (sys.executable is empty)")
-                self._process = subprocess.Popen([sys.executable, "-c", HELPER_CODE, root], stdin=subprocess.PIPE,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self._process = child.start("tracking.monitor", "serve_scores")
             except Exception as exc:
                 log.debug("no helper process for provisional scores (%s); they are computed here", exc)
                 self._unusable = True
@@ -351,34 +343,16 @@ class ScoreHelper:
         with self._lock:
             process, self._process = self._process, None
             self._unusable = True
-        if process is None:
-            return
-        try:
-            process.stdin.close()
-        except OSError:
-            pass
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            child.stop(process, wait=5, kill=True)
 
 
 def serve_scores() -> None:
     """The helper process: read (new points, params) requests from stdin, answer (score, error) on stdout,
     exit when stdin closes (the monitor closed it, or the training process ended in any way)."""
-    import signal
-
     from scoring import analyze_history as analyze
 
-    try:
-        os.nice(10)  # the training process comes first
-    except (AttributeError, OSError):
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process, which ends this one
-    requests = sys.stdin.buffer
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # a stray print of a library must not corrupt the answers
+    requests, answers = child.serve_pipes(nice=10)  # the training process comes first
     columns: dict[str, tuple[array, array]] = {}
     while True:
         try:

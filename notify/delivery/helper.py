@@ -10,9 +10,9 @@ so a slow channel never holds up another.
 A helper that dies while it sends (killed, out of memory) leaves those sends unanswered: the notifier sends them
 again itself, so such a message may arrive twice, never not at all.
 
-The helper is a child of the training process, reads requests from its stdin and exits when stdin closes
-(the notifier closed it, or the training process ended in any way). Its output goes to /dev/null: what
-went wrong comes back in the answer, redacted by the notifier like any other error. When it cannot start,
+The helper is a child of the training process (``notify.delivery.child``): it reads requests from its stdin
+and exits when stdin closes; what went wrong comes back in the answer, redacted by the notifier like any
+other error. When it cannot start,
 dies or cannot load a channel, ``SendHelper.send`` answers None and the notifier sends in-process.
 """
 
@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import pickle
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+import notify.delivery.child as child
 
-# The helper runs this with the folder that holds the `notify` package.
-HELPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from notify.delivery.helper import serve; serve()"
+logger = logging.getLogger(__name__)
 
 # An answer: (ok, error, timed_out, last send time of the service for its rate limit), or None: not sent here.
 Answer = tuple[bool, "str | None", bool, Any]
@@ -57,11 +53,7 @@ class SendHelper:
             if self._process is not None or self._unusable:
                 return self._process is not None
             try:
-                if not sys.executable:
-                    raise OSError("no Python executable (sys.executable is empty)")
-                root = str(Path(__file__).resolve().parents[2])
-                self._process = subprocess.Popen([sys.executable, "-c", HELPER_CODE, root], stdin=subprocess.PIPE,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self._process = child.start("notify.delivery.helper", "serve")
             except Exception as exc:
                 logger.debug("notify: no helper process for sending (%s); sends run in this process", exc)
                 self._unusable = True
@@ -124,30 +116,17 @@ class SendHelper:
         with self._lock:
             process, self._process = self._process, None
             self._unusable = True
-        if process is None:
-            return
-        try:
-            process.stdin.close()
-        except Exception:
-            pass
-        try:
-            process.wait(timeout=0.5)  # sends still running are the notifier's to wait for, not ours
-        except subprocess.TimeoutExpired:
-            pass
+        if process is not None:  # sends still running are the notifier's to wait for, not ours
+            child.stop(process, wait=0.5, kill=False)
 
 
 def serve() -> None:
     """The helper process: read requests from stdin, send each on a daemon thread, answer on stdout."""
-    import signal
-
     from notify.delivery.attempt import attempt
     from notify.delivery.channels import make_asset
     from notify.delivery.messages import message_for
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process, which ends this one
-    requests = sys.stdin.buffer
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # a stray print of a library must not corrupt the answers
+    requests, answers = child.serve_pipes()
     write = threading.Lock()
     loading = threading.Lock()
     services: dict[str, Any] = {}

@@ -1,0 +1,57 @@
+"""A Python child process spoken to in pickles over its stdin and stdout, for work kept off the training
+process's GIL: the send helper here, and the training job's provisional-score helper (``tracking.monitor``).
+
+The child runs ``module.function()`` from this checkout's packages, exits when its stdin closes (its parent
+closed it, or ended in any way), ignores Ctrl-C (that is for the parent, which ends it), and writes its
+answers to a copy of its stdout while fd 1 points at /dev/null, so a stray print of a library cannot
+corrupt them. Its stderr is discarded: what goes wrong comes back in the answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds notify/, scoring/ and tracking/
+
+
+def start(module: str, function: str) -> subprocess.Popen:
+    """The child running ``module.function()``; raises OSError when it cannot be started."""
+    if not sys.executable:
+        raise OSError("no Python executable (sys.executable is empty)")
+    code = f"import sys; sys.path.insert(0, sys.argv[1]); from {module} import {function}; {function}()"
+    return subprocess.Popen([sys.executable, "-c", code, ROOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+
+def stop(process: subprocess.Popen, wait: float, kill: bool) -> None:
+    """Close its stdin (it exits once done with what it has) and wait up to ``wait`` seconds; then kill it
+    (``kill``) or leave it to finish on its own."""
+    try:
+        process.stdin.close()
+    except OSError:
+        pass
+    try:
+        process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        if kill:
+            process.kill()
+            process.wait()
+
+
+def serve_pipes(nice: int = 0) -> tuple[BinaryIO, BinaryIO]:
+    """In the child: (requests, answers) streams, set up as the module docstring says; ``nice`` lowers the
+    child's priority where the system allows it."""
+    if nice:
+        try:
+            os.nice(nice)
+        except (AttributeError, OSError):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    return sys.stdin.buffer, answers
