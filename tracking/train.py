@@ -146,6 +146,16 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
     return trainer
 
 
+def _in_finalizer(frame) -> bool:
+    """The signal arrived inside a weakref callback or a ``__del__`` (run by the garbage collector on any
+    thread's behalf), where an exception is printed as "Exception ignored" and lost instead of stopping."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class TrainingStopped(KeyboardInterrupt):
     """SIGTERM, turned into the same path as Ctrl-C: the run is reported stopped and marked KILLED."""
 
@@ -158,6 +168,9 @@ def _sigterm_as_stop():
         return
 
     def stop(signum, frame):
+        if _in_finalizer(frame):  # Python would swallow the exception there: send the stop again in a moment
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         raise TrainingStopped("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, stop)
