@@ -150,7 +150,7 @@ def _in_finalizer(frame) -> bool:
     """The signal arrived inside a weakref callback or a ``__del__`` (run by the garbage collector on any
     thread's behalf), where an exception is printed as "Exception ignored" and lost instead of stopping."""
     while frame is not None:
-        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py"):
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
             return True
         frame = frame.f_back
     return False
