@@ -95,7 +95,8 @@ def _race_scenario(client, experiment_id: str):
     return dead, alive, heartbeat
 
 
-def test_two_watchers_report_each_dead_run_once_on_sqlite(tracking_uri):
+def _two_watchers_on_the_current_store() -> None:
+    """The race of two watchers over one dead and one live run, on whatever store MLFLOW_TRACKING_URI names."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -106,20 +107,15 @@ def test_two_watchers_report_each_dead_run_once_on_sqlite(tracking_uri):
             _check_reported_once(client, receiver, dead, alive, [experiment_id])
     finally:
         heartbeat.stop()
+
+
+def test_two_watchers_report_each_dead_run_once_on_sqlite(tracking_uri):
+    _two_watchers_on_the_current_store()
 
 
 @pytest.mark.slow
 def test_two_watchers_report_each_dead_run_once_on_a_remote_server(mlflow_server):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiment_id = client.create_experiment("watched")
-    dead, alive, heartbeat = _race_scenario(client, experiment_id)
-    try:
-        with HTTPReceiver() as receiver:
-            _check_reported_once(client, receiver, dead, alive, [experiment_id])
-    finally:
-        heartbeat.stop()
+    _two_watchers_on_the_current_store()
 
 
 def test_watch_refuses_an_unknown_experiment_in_one_line(tracking_uri):
