@@ -114,7 +114,7 @@ def test_a_server_that_never_comes_back_leaves_a_file_that_upload_sends_later(re
     steps = 30
     # PEFT_STUDIO_STORE_PATIENCE: how long the job's end waits for a store that stopped answering
     returncode, err, run, posts, ended_after = _train_and_kill_the_server(
-        server, tmp_path, "gone", steps, restart=False, PEFT_STUDIO_STORE_PATIENCE="10")
+        server, tmp_path, "gone", steps, restart=False, PEFT_STUDIO_STORE_PATIENCE="4")
     assert returncode == 3, err[-3000:]
     assert "Traceback" not in err
     unsent = tmp_path / "out" / f"unsent-mlflow-{run.info.run_id}.jsonl"
