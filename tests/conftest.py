@@ -189,6 +189,39 @@ def default_run(tmp_path_factory) -> TrainedRun:
 _RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY")
 
 
+# The README's quick start, `mlflow run . --env-manager local`, shortened: run once per test process for the
+# README test (it prints the summary) and tests/test_tracking_job.py (what the run holds in MLflow).
+QUICK_START_SETTINGS = {"max_steps": 8, "logging_steps": 1, "eval_steps": 4}
+
+
+@dataclass
+class QuickStartRun:
+    """What ``mlflow run . --env-manager local -P output_dir=... -P max_steps=8 ...`` left: its output and
+    its own sqlite store."""
+
+    uri: str
+    root: Path
+    done: object  # subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def quick_start_run(tmp_path_factory) -> QuickStartRun:
+    """The quick start job as a subprocess in a folder of its own (mark readers
+    ``pytest.mark.xdist_group("quick-start")``); a failed job fails every reader with its stderr."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("quick-start")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    env = {key: value for key, value in os.environ.items() if key not in _RUN_ENV}
+    env.update(MLFLOW_TRACKING_URI=uri, HF_HUB_OFFLINE="1")
+    settings = {"output_dir": root / "outputs", **QUICK_START_SETTINGS}
+    argv = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+            *(arg for key, value in settings.items() for arg in ("-P", f"{key}={value}"))]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return QuickStartRun(uri=uri, root=root, done=done)
+
+
 @contextlib.contextmanager
 def _pointed_at(uri: str, monkeypatch):
     """MLFLOW_TRACKING_URI set to ``uri`` for this process and its subprocesses; runs left open are ended."""

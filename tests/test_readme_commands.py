@@ -7,10 +7,12 @@
   gets their full path: it runs the job in the project's folder);
 * placeholders (``<run_id>``, ``A,B``, ``...``) become the runs trained here;
 * ``mlflow run`` also gets ``-P output_dir=...`` and a throwaway tracking store, so tests never write into the
-  checkout, and ``-P max_steps=...`` to keep the suite short (a whole default job, its length and score, is
-  ``tests/test_tracking_job.py``'s to check); ``mlflow ui`` gets that store and a free loopback port;
-  ``pip install`` runs with ``--dry-run`` (it must resolve, and must not change the environment the other
-  tests run in); the README's test command is the one ``.ci/run`` runs, which CI runs.
+  checkout, and ``-P max_steps=...`` (with ``eval_steps``, and ``logging_steps`` for the quick start, which
+  conftest's ``quick_start_run`` runs once for this file and ``tests/test_tracking_job.py``) to keep the
+  suite short (a whole default job, its length and score, is ``tests/test_tracking_job.py``'s to check);
+  ``mlflow ui`` gets that store and a free loopback port; ``pip install`` runs with ``--dry-run`` (it must
+  resolve, and must not change the environment the other tests run in); the README's test command is the one
+  ``.ci/run`` runs, which CI runs.
 
 One command is not run: plain ``mlflow run .`` builds a conda environment, and conda cannot be installed on
 this machine; ``tests/test_tracking_config.py`` keeps ``conda.yaml`` identical to ``pyproject.toml``.
@@ -148,11 +150,17 @@ def _finished_runs(experiment: str | None = None) -> list:
 
 
 @pytest.mark.slow
-def test_the_quick_start_job_trains_scores_and_prints_the_summary(workspace):
-    done = run_shown("mlflow run . --env-manager local", workspace, shorter=("max_steps=24",))
-    match = RUN_SUMMARY.search(done.stdout)
-    assert match, done.stdout[-2000:]
-    run = next(r for r in _finished_runs() if r.info.run_id == match.group(1))
+@pytest.mark.xdist_group("quick-start")
+def test_the_quick_start_job_trains_scores_and_prints_the_summary(quick_start_run):
+    """conftest's ``quick_start_run`` runs this command (with -P output_dir and the shorter settings there)
+    once for this test and tests/test_tracking_job.py."""
+    assert "mlflow run . --env-manager local" in readme_commands()
+    match = RUN_SUMMARY.search(quick_start_run.done.stdout)
+    assert match, quick_start_run.done.stdout[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(quick_start_run.uri).get_run(match.group(1))
+    assert run.info.status == "FINISHED"
     assert "quality_score" in run.data.metrics and run.data.tags["quality.assessment"]
 
 
@@ -187,7 +195,7 @@ def test_the_server_command_logs_to_the_server(workspace, mlflow_server, monkeyp
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "my-finetunes")  # as the README's export lines
     done = run_shown("mlflow run . --env-manager local -P model=... -P data=...", workspace,
                      {"model=...": "model=builtin:all-MiniLM-L6-v2", "data=...": "data=builtin:support-tickets"},
-                     shorter=("max_steps=12",))
+                     shorter=("max_steps=6", "eval_steps=6"))
     run_id = RUN_SUMMARY.search(done.stdout).group(1)
     assert [r.info.run_id for r in _finished_runs("my-finetunes")] == [run_id]
     assert mlflow_server.startswith("http://127.0.0.1:")
@@ -225,7 +233,7 @@ def test_mlflow_ui_serves_the_runs_page(workspace):
 @pytest.mark.slow
 def test_the_stop_on_command_runs_a_guarded_job(workspace):
     done = run_shown("mlflow run . --env-manager local -P stop_on=nan,divergence,overfitting", workspace,
-                     shorter=("max_steps=12", "eval_steps=3"))
+                     shorter=("max_steps=8", "eval_steps=4"))
     run_id = RUN_SUMMARY.search(done.stdout).group(1)
     (run,) = [r for r in _finished_runs() if r.info.run_id == run_id]
     assert run.data.params["stop_on"] == "nan,divergence,overfitting"

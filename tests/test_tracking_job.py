@@ -6,12 +6,10 @@ These train for a handful of steps on the CPU; they check what a user checks aft
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
-from conftest import REPO
+from conftest import QUICK_START_SETTINGS
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -51,15 +49,12 @@ def _assert_analyzed(client: MlflowClient, run, tmp_path):
     return analysis
 
 
-def test_mlflow_run_trains_logs_and_writes_the_analysis(tracking_uri, tmp_path):
-    command = [
-        sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e",
-        "-P", f"max_steps={MAX_STEPS}", "-P", f"logging_steps={LOGGING_STEPS}", "-P", f"eval_steps={EVAL_STEPS}",
-        "-P", f"output_dir={tmp_path / 'out'}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(tracking_uri)
+@pytest.mark.xdist_group("quick-start")
+def test_mlflow_run_trains_logs_and_writes_the_analysis(quick_start_run, tmp_path):
+    """The README's quick start job (conftest's ``quick_start_run``: `mlflow run .` with max_steps=8,
+    logging_steps=1, eval_steps=4), as MLflow holds it afterwards."""
+    assert (MAX_STEPS, LOGGING_STEPS, EVAL_STEPS) == tuple(QUICK_START_SETTINGS.values())
+    client = MlflowClient(quick_start_run.uri)
     run = _only_run(client)  # the job logged into the run `mlflow run` made: never a second one
     assert run.data.params["max_steps"] == str(MAX_STEPS)
     assert run.data.params["lora_r"] == "8"
@@ -67,7 +62,7 @@ def test_mlflow_run_trains_logs_and_writes_the_analysis(tracking_uri, tmp_path):
     analysis = _assert_analyzed(client, run, tmp_path)
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
-    assert f"quality score {analysis['quality_score']:g}/100" in done.stdout
+    assert f"quality score {analysis['quality_score']:g}/100" in quick_start_run.done.stdout
 
 
 def test_causal_lm_task_on_a_local_model(tracking_uri, tmp_path, tiny_causal_lm):
