@@ -294,6 +294,7 @@ def test_a_long_traceback_is_cut_to_the_services_own_limit(url, limit):
         ("T", "0123456789" * 10, 60, 10, ("T", "012345678901234567\n… [cut 65 characters] …\n34567890123456789")),
         ("Title", "body", 0, 0, ("Title", "body")),
         ("Title", "x" * 20, 27, 0, ("Title", "x" * 20)),
+        ("0", "", 2, 0, ("", "")),  # no room for a title and its separator: the title goes (found by hypothesis)
     ],
 )
 def test_fit_message_examples(title, body, body_maxlen, title_maxlen, expected):

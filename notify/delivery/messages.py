@@ -57,7 +57,8 @@ def fit_message(title: str, body: str, body_maxlen: int, title_maxlen: int) -> t
         return title, _cut_middle(body, body_maxlen)
     if len(title) + 2 + len(body) <= body_maxlen:
         return title, body
-    title = _cut_end(title, max(body_maxlen // 2, body_maxlen - 2 - len(body)))
+    # at most half the room, or what the body leaves; never more than the room after the separator
+    title = _cut_end(title, min(body_maxlen - 2, max(body_maxlen // 2, body_maxlen - 2 - len(body))))
     room = body_maxlen - (len(title) + 2 if title else 0)
     return title, _cut_middle(body, room)
 
