@@ -133,8 +133,10 @@ def test_a_crash_is_reported_with_its_step_and_the_run_is_marked_failed(tracking
         with pytest.raises(RuntimeError, match="out of memory"):
             _train(_config(tmp_path, webhook.url()))
         posts = [p["json"] for p in webhook.wait_for(3, timeout=20)]
-    error = posts[-1]
-    assert error["title"] == "Training Failed" and error["type"] == "failure"
+    # the job's end sends its last word before progress still queued (on a busy machine the 25% message can
+    # still be waiting when step 3 crashes), so the failure is found by its type, not its place
+    (error,) = [p for p in posts if p["type"] == "failure"]
+    assert error["title"] == "Training Failed"
     assert "RuntimeError" in error["message"] and "out of memory" in error["message"]
     assert "step 3" in error["message"].lower()
     client = MlflowClient()
