@@ -194,6 +194,11 @@ def test_redacted_urls_hide_passwords_and_tokens():
     for url in urls + [repr(channels)]:
         for secret in SECRETS:
             assert secret not in url
+    # built once per channel (a send needs both); each is what apprise builds for the service
+    for service in channels:
+        assert channels.redacted_url(service) == service.url(privacy=True)
+        assert channels.private_url(service) == service.url(privacy=False)
+    assert any(PASSWORD in channels.private_url(service) for service in channels)
 
 
 def test_errors_from_a_service_are_redacted_with_its_own_secrets():

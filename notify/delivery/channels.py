@@ -83,6 +83,10 @@ class Channels:
         self._services = list(self.apprise.find())
         self._secrets = {id(service): secret_parts(service) for service in self._services}
         remember_secrets(*self._secrets.values())
+        # Built once: apprise builds a URL anew on every call (about 0.1 ms of urlencoding), and a send
+        # needs both on a thread of the training process (bench/RESULTS.md B4).
+        self._urls = {id(service): (service.url(privacy=True), service.url(privacy=False))
+                      for service in self._services}
 
     @property
     def services(self) -> list[Any]:
@@ -100,7 +104,13 @@ class Channels:
 
     def redacted_url(self, service: Any) -> str:
         """How a service is named in records, logs and errors."""
-        return service.url(privacy=True)
+        urls = self._urls.get(id(service))
+        return urls[0] if urls else service.url(privacy=True)
+
+    def private_url(self, service: Any) -> str:
+        """The service's URL with its secrets, to load it again elsewhere (the send helper); never shown."""
+        urls = self._urls.get(id(service))
+        return urls[1] if urls else service.url(privacy=False)
 
     def redact(self, service: Any, text: str) -> str:
         """``text`` (an error from the service) with the service's passwords and tokens masked."""

@@ -126,7 +126,7 @@ def serve() -> None:
     from notify.delivery.channels import make_asset
     from notify.delivery.messages import message_for
 
-    requests, answers = child.serve_pipes()
+    requests, answers = child.serve_pipes(nice=10)  # the training process comes first for the CPU
     write = threading.Lock()
     loading = threading.Lock()
     services: dict[str, Any] = {}

@@ -110,7 +110,7 @@ class Notifier:
         self._stop = threading.Event()  # set when close() gives up: the threads end, waits end early
         self._helper = SendHelper() if send_from_helper and len(channels) else None
         if self._helper is not None:
-            self._helper.start([service.url(privacy=False) for service in channels])  # now, not at the first message
+            self._helper.start([channels.private_url(service) for service in channels])  # now, not at the first message
         self._worker = threading.Thread(target=self._dispatch, name="notify-delivery", daemon=True)
         self._worker.start()
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -315,7 +315,7 @@ class Notifier:
     ) -> tuple[bool, str | None, bool]:
         """One attempt: from the helper process when there is one (``send_from_helper``), else here."""
         if self._helper is not None:
-            answer = self._helper.send(service.url(privacy=False), event, attachments, self.send_timeout)
+            answer = self._helper.send(self.channels.private_url(service), event, attachments, self.send_timeout)
             if answer is not None:
                 ok, error, timed_out, last_send = answer
                 if last_send is not None:  # the rate limit of the service goes on counting from it
