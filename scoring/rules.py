@@ -301,23 +301,28 @@ def spike_mask(values: np.ndarray, window: int, zscore: float, min_rise: float) 
     values = np.asarray(values, dtype=float)
     if len(values) <= window:
         return np.zeros(len(values), dtype=bool)
-    previous = pd.Series(values).shift(1).rolling(window, min_periods=window)
+    half = values * 0.5  # see is_spike: halves cannot overflow where a median sums two points
+    previous = pd.Series(half).shift(1).rolling(window, min_periods=window)
     centre = previous.median().to_numpy()
     spread = (previous.quantile(0.75) - previous.quantile(0.25)).to_numpy() / IQR_TO_SD
-    rise = values - centre
+    rise = half - centre
     with np.errstate(invalid="ignore", over="ignore"):
-        return (rise > zscore * np.maximum(spread, 1e-12)) & (rise > min_rise)
+        return (rise > zscore * np.maximum(spread, 0.5e-12)) & (rise > 0.5 * min_rise)
 
 
 def is_spike(previous: np.ndarray, value: float, zscore: float, min_rise: float) -> bool:
     """``spike_mask``'s test for one new point after exactly `window` finite ones, in numpy: the live
     warnings call it on every logged loss, where a pandas rolling window would cost the training loop about
-    half a millisecond a step. Same median, same linear-interpolated quartiles, so the same answer."""
-    centre = float(np.median(previous))
-    q1, q3 = np.quantile(previous, (0.25, 0.75))
-    rise = value - centre
+    half a millisecond a step. Same median, same linear-interpolated quartiles, so the same answer.
+
+    Both compare halves of the values: the median of an even window sums two points, which overflows to
+    -inf for losses near -9e307 and made a steady curve a "spike"; halving is exact, so nothing else changes."""
+    half = np.asarray(previous, dtype=float) * 0.5
+    centre = float(np.median(half))
+    q1, q3 = np.quantile(half, (0.25, 0.75))
+    rise = value * 0.5 - centre
     with np.errstate(invalid="ignore", over="ignore"):
-        return bool(rise > zscore * max((q3 - q1) / IQR_TO_SD, 1e-12) and rise > min_rise)
+        return bool(rise > zscore * max((q3 - q1) / IQR_TO_SD, 0.5e-12) and rise > 0.5 * min_rise)
 
 
 def spike_floor(initial: float, thresholds: Thresholds) -> float:
@@ -674,7 +679,7 @@ class LiveRules:
             return []
         if not is_spike(np.array(window), loss, t.spike_zscore, spike_floor(initial_loss(np.array(self._first), t), t)):
             return []
-        centre = float(np.median(window))
+        centre = float(np.median(np.array(window) * 0.5)) * 2.0  # as is_spike: no overflow
         return [Alert("loss_spike", step, f"Loss spiked to {_show(loss)} at step {step}, far above the median of "
                       f"the previous {len(window)} logged values ({_show(centre)}) and beyond their noise.")]
 

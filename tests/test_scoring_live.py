@@ -365,3 +365,11 @@ def test_the_live_spike_test_is_the_post_run_one_on_the_last_point(values, zscor
     window = len(values) - 1
     assert is_spike(np.array(values[:-1]), values[-1], zscore, min_rise) == bool(
         spike_mask(np.array(values), window, zscore, min_rise)[-1])
+
+
+@pytest.mark.parametrize("level", [-8.98846567431158e307, 8.98846567431158e307, -1.7e308])
+def test_a_flat_curve_at_the_edge_of_the_float_range_has_no_spike(level):
+    """The median of an even window sums two points: near +-9e307 that overflowed (found by hypothesis)."""
+    flat = np.full(21, level)
+    assert not spike_mask(flat, 20, 3.5, 0.0).any()
+    assert not is_spike(flat[:-1], level, 3.5, 0.0)
