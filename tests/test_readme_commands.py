@@ -243,6 +243,7 @@ def test_the_stop_on_command_runs_a_guarded_job(workspace):
     assert "quality_score" in run.data.metrics
 
 
+@pytest.mark.slow  # two `peft-studio watch` subprocesses, about 7 s
 def test_the_watch_command_reports_a_run_that_died_silently(workspace):
     from mlflow.tracking import MlflowClient
 
