@@ -81,7 +81,8 @@ def test_no_argv_ends_in_a_traceback(places, monkeypatch, data):
         cases = [["compare", "--run-ids", "deadbeef"], ["compare", "--run-ids", "a,b"],
                  ["train", "--data", str(places / "folder.csv")], ["train", "--data", str(places / "binary.jsonl")],
                  ["upload", str(places / "wrong_shape.jsonl")], ["upload", str(places / "binary.jsonl")],
-                 ["notify", "test", LOOPBACK_CHANNEL, "--timeout", "nan"]]
+                 ["notify", "test", LOOPBACK_CHANNEL, "--timeout", "nan"],
+                 ["upload", "~0"], ["train", "--model", "~nosuchuser/model"]]  # an unknown ~user
     else:
         cases = [data.draw(argvs(places), label="argv")]
     for argv in cases:

@@ -168,8 +168,9 @@ def _convert(name: str, type_name: Any, raw: Any) -> Any:
 
 def usable_path(text: str, what: str) -> Path:
     """``text`` as a path; a ``ConfigError`` when the file system refuses the name itself (too long, say),
-    which ``Path.exists`` would raise as an OSError."""
-    path = Path(text).expanduser()
+    which ``Path.exists`` would raise as an OSError. ``~user`` of an unknown user stays as written (as in a
+    shell; ``Path.expanduser`` would raise RuntimeError)."""
+    path = Path(os.path.expanduser(text))
     try:
         path.exists()
     except OSError as exc:

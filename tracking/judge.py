@@ -72,7 +72,8 @@ def rubric_text(guidelines: str) -> str:
     if text.startswith("@"):
         from pathlib import Path
 
-        text = Path(text[1:]).expanduser().read_text(encoding="utf-8").strip()
+        # os.path.expanduser leaves an unknown ~user as written, where Path.expanduser raises RuntimeError
+        text = Path(os.path.expanduser(text[1:])).read_text(encoding="utf-8").strip()
     return text or DEFAULT_RUBRIC
 
 
