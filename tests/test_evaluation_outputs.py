@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import new_sqlite_store
 from receivers import HOST
 
 JUDGE_KEY = "sk-" + "judge-test-0123456789abcdef"  # made up; must never reach the run
@@ -89,7 +90,7 @@ def _train(tmp: Path, mp, **settings):
     from tracking.config import TrainConfig
     from tracking.train import run_training
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp / "mlflow.db")
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     records: list[str] = []

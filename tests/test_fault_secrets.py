@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, new_sqlite_store
 from receivers import (
     PASSWORD,
     SECRETS,
@@ -86,7 +86,7 @@ class Job:
         urls = self.urls()
         env = {k: v for k, v in os.environ.items()
                if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "PEFT_STUDIO_NOTIFY")}
-        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{self.store}", HF_HUB_OFFLINE="1")
+        env.update(MLFLOW_TRACKING_URI=new_sqlite_store(self.store), HF_HUB_OFFLINE="1")
         args = [*TRAIN, "--output-dir", str(self.root / "out")]
         if self.mode.startswith("cli"):
             args += ["--notify", " ".join(urls.values())]
