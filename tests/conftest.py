@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -234,15 +235,13 @@ class QuickStartRun:
 
     uri: str
     root: Path
-    done: object  # subprocess.CompletedProcess
+    done: subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="session")
 def quick_start_run(tmp_path_factory) -> QuickStartRun:
     """The quick start job as a subprocess in a folder of its own (mark readers
     ``pytest.mark.xdist_group("quick-start")``); a failed job fails every reader with its stderr."""
-    import subprocess
-
     root = tmp_path_factory.mktemp("quick-start")
     uri = new_sqlite_store(root / "mlflow.db")
     env = {key: value for key, value in os.environ.items() if key not in _RUN_ENV}

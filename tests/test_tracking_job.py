@@ -15,9 +15,9 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS = 8
-LOGGING_STEPS = 1
-EVAL_STEPS = 4
+# the quick start job's settings (conftest runs it), also those of the causal-LM job here
+MAX_STEPS, LOGGING_STEPS, EVAL_STEPS = (QUICK_START_SETTINGS[key]
+                                        for key in ("max_steps", "logging_steps", "eval_steps"))
 
 
 def _only_run(client: MlflowClient):
@@ -53,7 +53,6 @@ def _assert_analyzed(client: MlflowClient, run, tmp_path):
 def test_mlflow_run_trains_logs_and_writes_the_analysis(quick_start_run, tmp_path):
     """The README's quick start job (conftest's ``quick_start_run``: `mlflow run .` with max_steps=8,
     logging_steps=1, eval_steps=4), as MLflow holds it afterwards."""
-    assert (MAX_STEPS, LOGGING_STEPS, EVAL_STEPS) == tuple(QUICK_START_SETTINGS.values())
     client = MlflowClient(quick_start_run.uri)
     run = _only_run(client)  # the job logged into the run `mlflow run` made: never a second one
     assert run.data.params["max_steps"] == str(MAX_STEPS)
