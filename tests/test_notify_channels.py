@@ -201,6 +201,25 @@ def test_redacted_urls_hide_passwords_and_tokens():
     assert any(PASSWORD in channels.private_url(service) for service in channels)
 
 
+def test_channels_load_again_from_their_portable_form_with_the_same_routing(tmp_path):
+    """What the send helper gets over its pipe: the same services, in the same order, routed the same way."""
+    config = tmp_path / "channels.yml"
+    config.write_text(f"urls:\n  - json://user:{PASSWORD}@127.0.0.1/a:\n      tag: progress, error\n"
+                      f"  - slack://{SLACK_TOKEN}/#general:\n      tag: all\n  - json://127.0.0.1/c\n")
+    channels = load_channels(str(config), env={})
+    again = Channels.from_portable(channels.portable())
+    assert again.redacted_urls() == channels.redacted_urls()
+    for kind in EventType:
+        assert [again.index(s) for s in again.targets(kind)] == [channels.index(s) for s in channels.targets(kind)]
+    assert [channels.index(service) for service in channels] == [0, 1, 2]
+
+
+def test_a_portable_channel_that_cannot_load_is_one_line_without_its_url():
+    with pytest.raises(ChannelError) as caught:
+        Channels.from_portable([(f"nosuchservice://user:{PASSWORD}@host", [])])
+    assert "channel 1" in str(caught.value) and PASSWORD not in str(caught.value)
+
+
 def test_errors_from_a_service_are_redacted_with_its_own_secrets():
     channels = load_channels(f"json://user:{PASSWORD}@127.0.0.1/hook slack://{SLACK_TOKEN}/#general", env={})
     json_service, slack_service = channels.services

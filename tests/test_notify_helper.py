@@ -4,19 +4,29 @@ helper cannot start or dies."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from receivers import HTTPReceiver
 
 import notify.delivery.attempt as attempt_module
-from notify import completion_event, error_event, start_event
-from notify.delivery import Notifier, load_channels
+from notify import EventType, NotificationEvent, completion_event, error_event, start_event
+from notify.delivery import Channels, Notifier, load_channels
 
 PASSWORD = "hunter2-secret"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def progress_event(milestone: int) -> NotificationEvent:
+    return NotificationEvent(title=f"Training {milestone}% Complete", message=f"Step {milestone}/100",
+                             event_type=EventType.PROGRESS, milestone=milestone)
 
 
 def _not_here(*args, **kwargs):
@@ -94,3 +104,113 @@ def test_no_helper_is_started_without_channels():
     notifier = Notifier(load_channels("", env={}), send_from_helper=True)
     assert notifier._helper is None
     notifier.close()
+
+
+def test_no_thread_of_this_process_delivers_and_routing_reaches_the_helper(tmp_path):
+    with HTTPReceiver() as milestones, HTTPReceiver() as everything:
+        config = tmp_path / "channels.yml"
+        config.write_text(f"urls:\n  - {milestones.url('/m')}:\n      tag: progress\n  - {everything.url('/all')}\n")
+        notifier = Notifier(load_channels(str(config), env={}), send_from_helper=True)
+        notifier.send(start_event("m", "d", 100))
+        notifier.send(progress_event(25))
+        notifier.close()
+        assert [b["title"] for b in milestones.bodies] == ["Training 25% Complete"]
+        assert [b["title"] for b in everything.bodies] == ["Training Started", "Training 25% Complete"]
+    assert not notifier._lanes  # no channel lane ran here: the helper delivered
+    assert not [t for t in threading.enumerate() if t.name.startswith("notify-channel")]
+    assert [len(r["deliveries"]) for r in notifier.records] == [1, 2]
+    assert all(d["ok"] for r in notifier.records for d in r["deliveries"])
+
+
+def test_a_queue_full_in_the_helper_is_recorded_as_dropped():
+    with HTTPReceiver() as webhook:
+        webhook.delay = 1.0
+        notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True, max_queue=1)
+        for milestone in (25, 50, 75):
+            assert notifier.send(progress_event(milestone))  # the helper, not send, finds the queue full
+        notifier.close(timeout=10)
+    dropped = [r["event"]["milestone"] for r in notifier.records if r["dropped"]]
+    assert dropped and 75 not in dropped  # the oldest progress gives way, never the newest
+    assert all(r["deliveries"] and not r["deliveries"][0]["ok"] for r in notifier.records if r["dropped"])
+
+
+def test_a_channel_the_helper_cannot_load_is_sent_from_here(monkeypatch):
+    with HTTPReceiver() as webhook:
+        monkeypatch.setattr(Channels, "portable", lambda self: [("nosuchservice://x", [])])
+        notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True)
+        notifier.send(start_event("m", "d", 100))
+        notifier.close()
+        assert len(webhook.wait_for(1)) == 1
+    assert notifier.records[0]["deliveries"][0]["ok"]
+    assert notifier._lanes  # sent by this process
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_helper_killed_while_it_sends_leaves_nothing_undelivered():
+    with HTTPReceiver() as webhook:
+        webhook.delay = 2.0
+        notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True, send_timeout=5.0)
+        notifier.send(start_event("m", "d", 100))
+        webhook.wait_for(1, timeout=30)  # the helper is sending it now
+        os.kill(notifier._helper._process.pid, signal.SIGKILL)
+        notifier.close(timeout=10)
+        titles = [b["title"] for b in webhook.bodies]
+    assert titles == ["Training Started", "Training Started"]  # sent again from here: twice, never not at all
+    assert notifier.records[0]["deliveries"][0]["ok"]
+
+
+def test_failed_outcomes_are_logged_here_with_the_secret_masked(caplog):
+    caplog.set_level(logging.WARNING, logger="notify")
+    with HTTPReceiver() as webhook:
+        webhook.status = 500
+        notifier = Notifier(load_channels(webhook.url(userinfo=f"trainer:{PASSWORD}"), env={}),
+                            send_from_helper=True, retries=0)
+        notifier.send(error_event("boom", 3, 100))
+        notifier.close()
+    assert "not delivered" in caplog.text and "500" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+def test_callbacks_run_here_while_the_helper_sends():
+    seen = []
+    with HTTPReceiver() as webhook:
+        notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True)
+        notifier.add_callback(lambda event: seen.append((event.title, threading.current_thread().name)))
+        notifier.send(start_event("m", "d", 100))
+        notifier.close()
+        assert len(webhook.wait_for(1)) == 1
+    assert seen == [("Training Started", "notify-delivery")]
+
+
+def test_the_helper_still_delivers_when_the_training_process_dies(tmp_path):
+    with HTTPReceiver() as webhook:
+        webhook.delay = 1.0
+        script = (
+            "import os, sys; sys.path.insert(0, sys.argv[1])\n"
+            "from notify import start_event\n"
+            "from notify.delivery import Notifier, load_channels\n"
+            "notifier = Notifier(load_channels(sys.argv[2], env={}), send_from_helper=True)\n"
+            "notifier.send(start_event('m', 'd', 100))\n"
+            "os._exit(0)  # no close, no atexit: as if killed\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(ROOT), webhook.url()], check=True, timeout=60)
+        assert [r["json"]["title"] for r in webhook.wait_for(1, timeout=30)] == ["Training Started"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_helper_that_stops_answering_cannot_hold_up_close():
+    with HTTPReceiver() as webhook:
+        notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True)
+        notifier.send(start_event("m", "d", 100))
+        deadline = time.monotonic() + 30
+        while not notifier.records[0]["deliveries"] and time.monotonic() < deadline:  # the helper is up
+            time.sleep(0.05)
+        helper = notifier._helper._process
+        os.kill(helper.pid, signal.SIGSTOP)
+        notifier.send(error_event("boom", 3, 100))
+        started = time.monotonic()
+        notifier.close(timeout=1)
+        assert time.monotonic() - started < 1 + 2  # its timeout, the answer margin (1 s), and some slack
+    assert helper.wait(timeout=10) != 0  # killed: it may never wake up
+    (delivery,) = notifier.records[1]["deliveries"]
+    assert not delivery["ok"] and "no answer from the send helper" in delivery["error"]

@@ -21,7 +21,7 @@ Python's GIL and made the steps around each milestone 2-4x slower when steps tak
 (bench/RESULTS.md B4). The helper is started with the monitor (niced; it imports this module and the scoring
 code, not torch, MLflow or apprise), gets only the points logged since the previous milestone, and exits when
 its pipe closes. Where it cannot run, the score is computed on the monitor's thread as before. Sending is
-the notifier's background thread; each send still holds the GIL for a few milliseconds.
+the notifier's (with ``send_from_helper=True``, a helper process of its own).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def serve_scores() -> None:
     exit when stdin closes (the monitor closed it, or the training process ended in any way)."""
     from scoring import analyze_history as analyze
 
-    requests, answers = child.serve_pipes(nice=10)  # the training process comes first
+    requests, answers = child.serve_pipes()
     columns: dict[str, tuple[array, array]] = {}
     while True:
         try:

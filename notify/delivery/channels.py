@@ -87,6 +87,7 @@ class Channels:
         # needs both on a thread of the training process (bench/RESULTS.md B4).
         self._urls = {id(service): (service.url(privacy=True), service.url(privacy=False))
                       for service in self._services}
+        self._index = {id(service): index for index, service in enumerate(self._services)}
 
     @property
     def services(self) -> list[Any]:
@@ -111,6 +112,26 @@ class Channels:
         """The service's URL with its secrets, to load it again elsewhere (the send helper); never shown."""
         urls = self._urls.get(id(service))
         return urls[1] if urls else service.url(privacy=False)
+
+    def index(self, service: Any) -> int:
+        """The service's place in ``services``: how the send helper and this process name it to each other."""
+        return self._index[id(service)]
+
+    def portable(self) -> list[tuple[str, list[str]]]:
+        """``(private URL, tags)`` of every service, in order: what ``from_portable`` loads again in the send
+        helper, with the same routing. Holds secrets: for a pipe to a child process, never to show."""
+        return [(self.private_url(service), sorted(_tag_names(service))) for service in self._services]
+
+    @classmethod
+    def from_portable(cls, specs: list[tuple[str, list[str]]]) -> Channels:
+        """The channels that ``portable`` described; raises ``ChannelError`` when one cannot be loaded here."""
+        services = apprise.Apprise(asset=make_asset())
+        for number, (url, tags) in enumerate(specs, 1):
+            service = apprise.Apprise.instantiate(url, asset=services.asset, tag=tags)
+            if service is None:
+                raise ChannelError(f"channel {number} cannot be loaded from its URL in this process")
+            services.add(service)
+        return cls(services)
 
     def redact(self, service: Any, text: str) -> str:
         """``text`` (an error from the service) with the service's passwords and tokens masked."""

@@ -19,11 +19,14 @@ from typing import BinaryIO
 ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds notify/, scoring/ and tracking/
 
 
-def start(module: str, function: str) -> subprocess.Popen:
-    """The child running ``module.function()``; raises OSError when it cannot be started."""
+def start(module: str, function: str, nice: int = 10) -> subprocess.Popen:
+    """The child running ``module.function()``, its priority lowered by ``nice`` where the system allows it
+    before it imports anything (the imports are most of its CPU: the training process comes first for it);
+    raises OSError when it cannot be started."""
     if not sys.executable:
         raise OSError("no Python executable (sys.executable is empty)")
-    code = f"import sys; sys.path.insert(0, sys.argv[1]); from {module} import {function}; {function}()"
+    code = (f"import os, sys\ntry: os.nice({int(nice)})\nexcept (AttributeError, OSError): pass\n"
+            f"sys.path.insert(0, sys.argv[1]); from {module} import {function}; {function}()")
     return subprocess.Popen([sys.executable, "-c", code, ROOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 
@@ -43,14 +46,8 @@ def stop(process: subprocess.Popen, wait: float, kill: bool) -> None:
             process.wait()
 
 
-def serve_pipes(nice: int = 0) -> tuple[BinaryIO, BinaryIO]:
-    """In the child: (requests, answers) streams, set up as the module docstring says; ``nice`` lowers the
-    child's priority where the system allows it."""
-    if nice:
-        try:
-            os.nice(nice)
-        except (AttributeError, OSError):
-            pass
+def serve_pipes() -> tuple[BinaryIO, BinaryIO]:
+    """In the child: (requests, answers) streams, set up as the module docstring says."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)

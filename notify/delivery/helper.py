@@ -1,167 +1,173 @@
-"""Sending from a helper process, so that apprise and requests do not take the training process's GIL.
+"""Delivering from a helper process, so that sending costs the training process no thread hand-off.
 
-Why: a send to a healthy webhook is a few milliseconds of Python (building the request, urllib3, parsing the
-answer); on a thread of the training process it competes with the training step for the GIL, and the step
-that crosses a milestone took 1.3-1.9x the median step (bench/RESULTS.md B4). Here the training process only
-pickles ``(channel URL, event, attachments)`` into a pipe; the helper process loads the channel from its URL
-once, fits the event to it (``message_for``, as an in-process send does) and sends it on a thread of its own,
-so a slow channel never holds up another.
+Why (bench/RESULTS.md B4): every hand-off between threads of the training process (a queue to a dispatcher, to
+a channel's lane, to a thread waiting for the answer) is a wake-up that takes the GIL from the training step,
+about 0.1 ms each on a small VM, and a send made four of them. Here ``Notifier.send`` pickles the event straight
+into the helper's pipe from the caller's own thread (the pipe never blocks it: a helper that does not keep up is
+given up). The helper runs a plain in-process ``Notifier`` on the same channels (same routing) and settings, so
+the queueing, a lane per channel, retries, rate limits and the close-time ordering are the ones of an
+in-process send, and writes back each channel's outcome as it is known. One reader thread in the training
+process records them: one wake-up per outcome, none per send.
 
-A helper that dies while it sends (killed, out of memory) leaves those sends unanswered: the notifier sends them
-again itself, so such a message may arrive twice, never not at all.
+Messages, pickled: to the helper ``("config", Channels.portable(), settings)``, ``("send", key, event dict,
+attachments)`` and ``("close", deadline)`` (a ``time.monotonic`` value, which is the same clock in both
+processes); back ``("outcome", key, channel index, delivery, dropped)``, ``("closed",)`` once the helper's own
+``close`` is done, or ``("unusable", reason)`` when it cannot load the channels.
 
-The helper is a child of the training process (``notify.delivery.child``): it reads requests from its stdin
-and exits when stdin closes; what went wrong comes back in the answer, redacted by the notifier like any
-other error. When it cannot start,
-dies or cannot load a channel, ``SendHelper.send`` answers None and the notifier sends in-process.
+When the helper cannot start or load the channels, falls behind (its pipe is full) or dies before it closed,
+``on_lost`` is called once and the notifier delivers, in-process, everything that has no outcome yet: a message
+the helper had sent may then arrive twice, never not at all. When the training process dies instead, the
+helper sees its pipe close and still delivers what it holds (within ``flush_timeout``) before it exits.
+
+The helper is a child of the training process (``notify.delivery.child``); its log goes nowhere, so the
+notifier logs each failed outcome when it comes back.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import os
 import pickle
 import subprocess
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import notify.delivery.child as child
 
 logger = logging.getLogger(__name__)
 
-# An answer: (ok, error, timed_out, last send time of the service for its rate limit), or None: not sent here.
-Answer = tuple[bool, "str | None", bool, Any]
+ANSWER_MARGIN = 1.0  # seconds past the close deadline to wait for the helper's last outcomes to come back
+
+# (key, channel index, delivery, dropped): one channel's outcome for the event sent under ``key``.
+OnOutcome = Callable[[int, int, dict, bool], None]
 
 
 class SendHelper:
-    """One helper process for a notifier's sends; thread-safe (each channel's lane calls ``send``)."""
+    """The training process' side of one helper process; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_outcome: OnOutcome, on_lost: Callable[[], None]) -> None:
+        self._on_outcome = on_outcome
+        self._on_lost = on_lost
         self._process: subprocess.Popen | None = None
-        self._unusable = False
-        self._lock = threading.Lock()  # guards the process and the pipe
-        self._waiting: dict[int, Future] = {}
-        self._ids = itertools.count()
+        self._write = threading.Lock()  # one message at a time into the pipe
+        self._state = threading.Lock()  # guards _lost and _finished
+        self._lost = False
+        self._finished = False  # close() has returned: a late end of the helper is no loss
+        self._done = threading.Event()  # the helper answered "closed", or is lost
 
-    def start(self, urls: Sequence[str] = ()) -> bool:
-        """Start the process unless it runs already, and have it load the channels at ``urls`` now (apprise
-        loads its plugins on the first one, 0.2-1 s), not at the first message; False when there is none."""
-        with self._lock:
-            if self._process is not None or self._unusable:
-                return self._process is not None
-            try:
-                self._process = child.start("notify.delivery.helper", "serve")
-            except Exception as exc:
-                logger.debug("notify: no helper process for sending (%s); sends run in this process", exc)
-                self._unusable = True
-                return False
-            threading.Thread(target=self._read_answers, args=(self._process,), daemon=True,
-                             name="notify-helper-reader").start()
-            try:
-                for url in urls:
-                    self._process.stdin.write(pickle.dumps((None, url, None, [], 0.0)))
-                self._process.stdin.flush()
-            except Exception:  # the reader notices a helper that is gone
-                pass
-            return True
-
-    def send(self, url: str, event: Any, attachments: Sequence[str], timeout: float) -> Answer | None:
-        """Send ``event`` to the channel at ``url`` (its private URL) from the helper, waiting at most
-        ``timeout`` seconds; None when the helper cannot do it (the caller sends in-process instead)."""
-        if not self.start():
-            return None
-        future: Future = Future()
-        with self._lock:
-            if self._process is None:
-                return None
-            request_id = next(self._ids)
-            request = pickle.dumps((request_id, url, event.to_dict(), list(attachments), timeout),
-                                   protocol=pickle.HIGHEST_PROTOCOL)
-            self._waiting[request_id] = future
-            try:
-                self._process.stdin.write(request)
-                self._process.stdin.flush()
-            except Exception as exc:  # the helper died
-                logger.debug("notify: the send helper is gone (%s); sends run in this process", exc)
-                self._waiting.pop(request_id, None)
-                return None
+    def start(self, portable_channels: list[tuple[str, list[str]]], settings: dict[str, Any]) -> bool:
+        """Start the helper and hand it the channels (it loads apprise's plugins now, not at the first message);
+        False when it cannot start."""
         try:
-            return future.result(timeout=timeout + 1.0)  # the helper bounds the send itself; 1 s for the pipe
-        except FutureTimeout:
-            with self._lock:
-                self._waiting.pop(request_id, None)
-            return False, f"timed out after {timeout:g} s", True, None
+            process = child.start("notify.delivery.helper", "serve")
+        except Exception as exc:
+            logger.debug("notify: no helper process for sending (%s); sends run in this process", exc)
+            return False
+        self._process = process
+        os.set_blocking(process.stdin.fileno(), False)  # a write that would block gives the helper up instead
+        threading.Thread(target=self._read_answers, args=(process,), daemon=True, name="notify-helper-reader").start()
+        return self._tell(("config", portable_channels, settings))
+
+    def send(self, key: int, event: Any, attachments: Sequence[str]) -> bool:
+        """Hand the helper ``event``; False when it is lost (``on_lost`` has run; the caller sends it itself)."""
+        return self._tell(("send", key, event.to_dict(), list(attachments)))
+
+    def close(self, deadline: float) -> bool:
+        """Have the helper deliver what it holds by ``deadline`` (``time.monotonic``), wait for its last
+        outcomes, and stop using it. True when every outcome came back."""
+        if self._tell(("close", deadline)):
+            self._done.wait(max(0.0, deadline - time.monotonic()) + ANSWER_MARGIN)
+        with self._state:
+            self._finished = True
+            answered = self._done.is_set() and not self._lost
+        process, self._process = self._process, None
+        if process is not None:
+            child.stop(process, wait=0.5, kill=not answered)
+        return answered
+
+    def _tell(self, message: tuple) -> bool:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._write:
+            process = self._process
+            if process is None or self._lost:
+                return False
+            try:
+                written = os.write(process.stdin.fileno(), data)
+            except (OSError, ValueError) as exc:  # gone (BrokenPipeError), or full (BlockingIOError)
+                reason = f"its pipe failed ({type(exc).__name__})"
+            else:
+                if written == len(data):
+                    return True
+                reason = "its pipe is full"  # and holds half a message now: it cannot go on
+        self._lose(reason)
+        return False
 
     def _read_answers(self, process: subprocess.Popen) -> None:
         try:
             while True:
-                request_id, answer = pickle.load(process.stdout)
-                with self._lock:
-                    future = self._waiting.pop(request_id, None)
-                if future is not None:
-                    future.set_result(answer)
-        except Exception:  # EOF (the helper exited) or a broken answer: everything waiting is sent in-process
-            with self._lock:
-                self._unusable = True
-                self._process = None
-                waiting, self._waiting = list(self._waiting.values()), {}
-            for future in waiting:
-                future.set_result(None)
+                message = pickle.load(process.stdout)
+                if message[0] == "outcome":
+                    self._on_outcome(*message[1:])
+                elif message[0] == "closed":
+                    self._done.set()
+                    return
+                else:
+                    self._lose(f"it cannot load the channels ({message[1]})")
+                    return
+        except Exception as exc:  # EOF: the helper exited or was killed; or an answer that does not load
+            self._lose(f"it ended ({type(exc).__name__})")
 
-    def close(self) -> None:
-        """Close its pipe (it exits once its sends are done or abandoned) and do not use it again."""
-        with self._lock:
-            process, self._process = self._process, None
-            self._unusable = True
-        if process is not None:  # sends still running are the notifier's to wait for, not ours
-            child.stop(process, wait=0.5, kill=False)
+    def _lose(self, reason: str) -> None:
+        with self._state:
+            if self._lost or self._finished or self._done.is_set():
+                return
+            self._lost = True
+        logger.debug("notify: the send helper is given up: %s; sends run in this process", reason)
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+        try:
+            self._on_lost()
+        finally:
+            self._done.set()
 
 
 def serve() -> None:
-    """The helper process: read requests from stdin, send each on a daemon thread, answer on stdout."""
-    from notify.delivery.attempt import attempt
-    from notify.delivery.channels import make_asset
-    from notify.delivery.messages import message_for
+    """The helper process: a plain ``Notifier`` that sends what the pipe brings and answers each outcome."""
+    from notify.delivery.channels import Channels
+    from notify.delivery.worker import Notifier
+    from notify.events import NotificationEvent
 
-    requests, answers = child.serve_pipes(nice=10)  # the training process comes first for the CPU
+    requests, answers = child.serve_pipes()
     write = threading.Lock()
-    loading = threading.Lock()
-    services: dict[str, Any] = {}
-    asset = make_asset()
 
-    def answer(request_id: int, result: Answer | None) -> None:
+    def answer(*message: Any) -> None:
         with write:
-            pickle.dump((request_id, result), answers, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(message, answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()
 
-    def send(request_id: int | None, url: str, event: dict[str, Any] | None, attachments: list[str],
-             timeout: float) -> None:
-        try:
-            import apprise
+    try:
+        _, portable_channels, settings = pickle.load(requests)
+        notifier = Notifier(Channels.from_portable(portable_channels), **settings)
+    except Exception as exc:  # the training process sends in-process instead
+        answer("unusable", type(exc).__name__)
+        return
 
-            from notify.events import NotificationEvent
-
-            with loading:
-                if url not in services:
-                    services[url] = apprise.Apprise.instantiate(url, asset=asset)
-                service = services[url]
-            if request_id is None:  # only loading the channel, ahead of its first message
-                return
-            if service is None:  # cannot be loaded from its URL here: the notifier sends it itself
-                answer(request_id, None)
-                return
-            target, message = message_for(service, NotificationEvent.from_dict(event))
-            ok, error, timed_out = attempt(target, message, attachments, timeout)
-            answer(request_id, (ok, error, timed_out, getattr(target, "_last_io_datetime", None)))
-        except Exception as exc:
-            answer(request_id, (False, f"{type(exc).__name__}: {exc}", False, None))
+    def outcome_of(key: int) -> Callable[[int, dict, bool], None]:
+        return lambda index, delivery, dropped: answer("outcome", key, index, delivery, dropped)
 
     while True:
         try:
-            request = pickle.load(requests)
-        except Exception:  # EOF: the notifier is done
-            break
-        threading.Thread(target=send, args=request, daemon=True).start()
+            message = pickle.load(requests)
+        except Exception:  # EOF: the training process is gone; deliver what is here, as its exit would
+            notifier.close()
+            return
+        if message[0] == "send":
+            _, key, event, attachments = message
+            notifier.send(NotificationEvent.from_dict(event), attachments, on_outcome=outcome_of(key))
+        elif message[0] == "close":
+            notifier.close(max(0.0, message[1] - time.monotonic()))
+            answer("closed")
+            return

@@ -13,9 +13,11 @@ broken channel delays only itself, never another channel, and every channel has 
   rate limit for the service asks (``request_rate_per_sec``: 5.5 s for email, 1.2 s for Slack; it also
   spaces consecutive events to one service);
 * a failure is logged (WARNING, redacted URL) and recorded, never raised;
-* with ``send_from_helper=True`` (what the training job uses) each attempt is made by a helper process
-  (``notify.delivery.helper``), so that apprise and requests never hold the training process's GIL; the
-  notifier falls back to sending itself when the helper cannot start or dies.
+* with ``send_from_helper=True`` (what the training job uses) all of the above runs in a helper process
+  (``notify.delivery.helper``): ``send`` pickles the event into its pipe from the caller's thread, and no
+  thread of this process wakes up for a send, only one for each outcome that comes back (callbacks, when
+  there are any, still run on a thread here). The notifier falls back to sending itself when the helper
+  cannot start or load the channels, falls behind, or dies.
 
 When a queue is full the oldest progress event is dropped (then start, then warning; errors and the
 completion last) and recorded as dropped. ``close()`` (also run at interpreter exit) delivers what is
@@ -108,9 +110,12 @@ class Notifier:
         self._lanes: dict[int, _Lane] = {}  # id(service) -> that channel's queue and thread
         self._closed = False
         self._stop = threading.Event()  # set when close() gives up: the threads end, waits end early
-        self._helper = SendHelper() if send_from_helper and len(channels) else None
-        if self._helper is not None:
-            self._helper.start([channels.private_url(service) for service in channels])  # now, not at the first message
+        self._helper: SendHelper | None = None
+        if send_from_helper and len(channels):
+            helper = SendHelper(self._remote_outcome, self._helper_lost)
+            settings = {"send_timeout": self.send_timeout, "retries": retries, "backoff": self.backoff,
+                        "flush_timeout": self.flush_timeout, "max_queue": max_queue}
+            self._helper = helper if helper.start(channels.portable(), settings) else None
         self._worker = threading.Thread(target=self._dispatch, name="notify-delivery", daemon=True)
         self._worker.start()
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -118,28 +123,45 @@ class Notifier:
 
     # --- the caller's side: never blocks -----------------------------------------------------------
 
-    def send(self, event: NotificationEvent, attachments: Iterable[str | os.PathLike[str]] = ()) -> bool:
+    def send(
+        self,
+        event: NotificationEvent,
+        attachments: Iterable[str | os.PathLike[str]] = (),
+        on_outcome: Callable[[int, dict[str, Any], bool], Any] | None = None,
+    ) -> bool:
         """Queues ``event`` (with files to attach where the channel takes files) and returns at once.
 
         Returns False when the event was not queued (the notifier is closed, or the queue is full of more
-        important events); that outcome is recorded as dropped.
+        important events); that outcome is recorded as dropped. With the send helper, a full queue is the
+        helper's to find, so ``send`` says True and the record says dropped. ``on_outcome(channel index,
+        delivery, dropped)`` is called, on a thread of the notifier, as each channel's outcome is known.
         """
         if not isinstance(event, NotificationEvent):
             raise ValueError(f"event must be a NotificationEvent, got {type(event).__name__}")
-        pending = _Pending(event, tuple(os.fspath(path) for path in attachments), self.channels)
+        pending = _Pending(event, tuple(os.fspath(path) for path in attachments), self.channels, on_outcome)
         with self._lock:
+            key = len(self._records)
             self._records.append(pending)
             if self._closed:
                 self._drop(pending, "not sent: the notifier was closed")
                 return False
+            if pending.targets and self._helper is not None:
+                pending.remote = self._helper.send(key, event, pending.attachments)
+            if pending.remote and not self._callbacks:
+                return True  # nothing here to wake
             victim = _push(self._queue, pending, self.max_queue)
             if victim is not None:
-                self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
+                if victim.remote:  # the helper delivers it: only its callbacks are skipped
+                    logger.warning("notify: callbacks skipped for %r: more than %d events were waiting",
+                                   victim.event.title, self.max_queue)
+                else:
+                    self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
             self._lock.notify_all()
-        return victim is not pending
+        return victim is not pending or pending.remote
 
     def add_callback(self, fn: Callback) -> Callback:
-        """Calls ``fn(event)`` on the dispatcher thread for every event it takes, before the channels.
+        """Calls ``fn(event)`` on the dispatcher thread for every event it takes, before the channels (with the
+        send helper, while the helper sends).
 
         Keep it quick: the channels wait for it. Exceptions in ``fn`` are logged, never raised. Events
         dropped from a full queue or sent after ``close()`` never reach it. Returns ``fn``, so it works as
@@ -166,6 +188,10 @@ class Notifier:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+            helper = self._helper
+        if helper is not None:  # outside the lock: the outcomes coming back take it
+            helper.close(deadline)
+        with self._lock:
             while self._busy():
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
@@ -175,16 +201,20 @@ class Notifier:
             self._lock.notify_all()
             gave_up = f"close() gave up after {timeout:g} s"
             while self._queue:
-                self._drop(self._queue.popleft(), f"not sent: {gave_up}")
-            if self._current is not None:
+                pending = self._queue.popleft()
+                if not pending.remote:  # a remote one is the helper's to account for
+                    self._drop(pending, f"not sent: {gave_up}")
+            if self._current is not None and not self._current.remote:
                 self._current.seal(f"not sent: {gave_up}")
             for lane in self._lanes.values():
                 while lane.queue:
                     lane.queue.popleft().seal(f"not sent: {gave_up}", lane.service)
                 if lane.current is not None:
                     lane.current.seal(f"unknown: still sending when {gave_up}", lane.service)
-        if self._helper is not None:
-            self._helper.close()
+            for pending in self._records:  # what a helper that did not answer in time had
+                for service in pending.missing():
+                    pending.seal(f"unknown: no answer from the send helper when {gave_up}" if pending.remote
+                                 else f"not sent: {gave_up}", service)
         atexit.unregister(self._at_exit)
 
     # --- what happened -----------------------------------------------------------------------------
@@ -223,7 +253,7 @@ class Notifier:
             try:
                 self._run_callbacks(pending.event)
                 with self._lock:
-                    if not self._stop.is_set():
+                    if not self._stop.is_set() and not pending.remote:
                         for service in pending.targets:
                             self._hand_over(pending, service)
             except Exception:  # a bug here must not kill the dispatcher or reach training
@@ -255,6 +285,34 @@ class Notifier:
             reason = f"dropped: more than {self.max_queue} notifications were waiting for this channel"
             victim.seal(reason, service)
             logger.warning("notify: %r %s (%s)", victim.event.title, reason, self.channels.redacted_url(service))
+
+    # --- the send helper's side: outcomes that come back, and what happens when it is lost ------------
+
+    def _remote_outcome(self, key: int, index: int, delivery: dict[str, Any], dropped: bool) -> None:
+        """One channel's outcome for the event sent under ``key``, from the helper (its reader thread)."""
+        service = self.channels.services[index]
+        channel = self.channels.redacted_url(service)
+        error = delivery.get("error")
+        delivery = {**delivery, "channel": channel, "error": error and self.channels.redact(service, error)}
+        with self._lock:
+            pending = self._records[key]
+            if dropped:
+                pending.dropped = True
+            pending.add(service, delivery)
+        if not delivery["ok"]:  # the helper's own log goes nowhere
+            logger.warning("notify: %r not delivered to %s after %d attempt(s): %s",
+                           pending.event.title, channel, delivery["attempts"], delivery["error"])
+
+    def _helper_lost(self) -> None:
+        """The helper cannot go on: this process delivers what has no outcome yet, and whatever comes next."""
+        with self._lock:  # the helper refuses what comes next itself, so sends take the in-process path
+            if self._stop.is_set():
+                return
+            for pending in self._records:
+                if pending.remote:
+                    for service in pending.missing():
+                        self._hand_over(pending, service)
+            self._lock.notify_all()
 
     # --- one channel's lane ------------------------------------------------------------------------
 
@@ -313,14 +371,7 @@ class Notifier:
     def _attempt(
         self, service: Any, event: NotificationEvent, target: Any, message: dict[str, Any], attachments: Sequence[str]
     ) -> tuple[bool, str | None, bool]:
-        """One attempt: from the helper process when there is one (``send_from_helper``), else here."""
-        if self._helper is not None:
-            answer = self._helper.send(self.channels.private_url(service), event, attachments, self.send_timeout)
-            if answer is not None:
-                ok, error, timed_out, last_send = answer
-                if last_send is not None:  # the rate limit of the service goes on counting from it
-                    target._last_io_datetime = last_send
-                return ok, error, timed_out
+        """One attempt, here (a test replaces it to count attempts)."""
         return attempt(target, message, attachments, self.send_timeout)
 
     def _drop(self, pending: _Pending, reason: str) -> None:
@@ -383,23 +434,42 @@ test_channels.__test__ = False  # a product function, not a pytest test
 class _Pending:
     """An event on its way and what became of it on each channel that routes it."""
 
-    def __init__(self, event: NotificationEvent, attachments: tuple[str, ...], channels: Channels) -> None:
+    def __init__(
+        self,
+        event: NotificationEvent,
+        attachments: tuple[str, ...],
+        channels: Channels,
+        on_outcome: Callable[[int, dict[str, Any], bool], Any] | None = None,
+    ) -> None:
         self.event = event
         self.attachments = attachments
         self.targets = channels.targets(event.event_type)
+        self.remote = False  # handed to the send helper, which delivers it and answers each outcome
+        self.dropped = False  # no channel ever got to try it
         self._channels = channels
+        self._on_outcome = on_outcome
         self._time = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         self._deliveries: dict[int, dict[str, Any]] = {}  # id(service) -> its outcome
-        self._dropped = False
 
     def add(self, service: Any, delivery: dict[str, Any]) -> None:
         """The outcome on one channel; the first one said stands (a late answer after close is ignored)."""
-        self._deliveries.setdefault(id(service), delivery)
+        if id(service) in self._deliveries:
+            return
+        self._deliveries[id(service)] = delivery
+        if self._on_outcome is not None:
+            try:
+                self._on_outcome(self._channels.index(service), delivery, self.dropped)
+            except Exception:  # the caller's hook (the helper's pipe) must not break delivery
+                logger.warning("notify: on_outcome for %r raised; ignored", self.event.title, exc_info=True)
+
+    def missing(self) -> list[Any]:
+        """The channels that route this event and have no outcome for it yet."""
+        return [service for service in self.targets if id(service) not in self._deliveries]
 
     def seal(self, reason: str, service: Any | None = None) -> None:
         """Records ``reason`` for one channel (or, with no service, for the whole event) never tried."""
         if service is None:
-            self._dropped = True
+            self.dropped = True
         for target in self.targets if service is None else [service]:
             channel = self._channels.redacted_url(target)
             self.add(target, _delivery(channel, False, 0, reason, 0.0, dropped=True))
@@ -413,7 +483,7 @@ class _Pending:
             "event": self.event.to_dict(),
             "time": self._time,
             "attachments": list(self.attachments),
-            "dropped": self._dropped or never_tried,
+            "dropped": self.dropped or never_tried,
             "deliveries": deliveries,
         }
 
