@@ -19,8 +19,9 @@ When the helper cannot start or load the channels, falls behind (its pipe is ful
 the helper had sent may then arrive twice, never not at all. When the training process dies instead, the
 helper sees its pipe close and still delivers what it holds (within ``flush_timeout``) before it exits.
 
-The helper is a child of the training process (``notify.delivery.child``); its log goes nowhere, so the
-notifier logs each failed outcome when it comes back.
+The helper is a child of the training process (``notify.delivery.child``) running
+``notify.delivery.helper_main``; its log goes nowhere, so the notifier logs each failed outcome when it comes
+back.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class SendHelper:
         """Start the helper and hand it the channels (it loads apprise's plugins now, not at the first message);
         False when it cannot start."""
         try:
-            process = child.start("notify.delivery.helper", "serve")
+            process = child.start("notify.delivery.helper_main", "serve")
         except Exception as exc:
             logger.debug("notify: no helper process for sending (%s); sends run in this process", exc)
             return False
@@ -132,42 +133,3 @@ class SendHelper:
             self._on_lost()
         finally:
             self._done.set()
-
-
-def serve() -> None:
-    """The helper process: a plain ``Notifier`` that sends what the pipe brings and answers each outcome."""
-    from notify.delivery.channels import Channels
-    from notify.delivery.worker import Notifier
-    from notify.events import NotificationEvent
-
-    requests, answers = child.serve_pipes()
-    write = threading.Lock()
-
-    def answer(*message: Any) -> None:
-        with write:
-            pickle.dump(message, answers, protocol=pickle.HIGHEST_PROTOCOL)
-            answers.flush()
-
-    try:
-        _, portable_channels, settings = pickle.load(requests)
-        notifier = Notifier(Channels.from_portable(portable_channels), **settings)
-    except Exception as exc:  # the training process sends in-process instead
-        answer("unusable", type(exc).__name__)
-        return
-
-    def outcome_of(key: int) -> Callable[[int, dict, bool], None]:
-        return lambda index, delivery, dropped: answer("outcome", key, index, delivery, dropped)
-
-    while True:
-        try:
-            message = pickle.load(requests)
-        except Exception:  # EOF: the training process is gone; deliver what is here, as its exit would
-            notifier.close()
-            return
-        if message[0] == "send":
-            _, key, event, attachments = message
-            notifier.send(NotificationEvent.from_dict(event), attachments, on_outcome=outcome_of(key))
-        elif message[0] == "close":
-            notifier.close(max(0.0, message[1] - time.monotonic()))
-            answer("closed")
-            return
