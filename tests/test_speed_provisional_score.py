@@ -4,8 +4,12 @@ milestone."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
+import signal
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -82,21 +86,101 @@ def test_without_a_helper_the_score_is_computed_here_and_is_the_same(monkeypatch
     assert _scores(notifier) == expected
 
 
-def test_a_helper_that_dies_is_replaced_by_scoring_here(monkeypatch):
+def _at_step(monitor: TrainingMonitor, step: int, before=None, after=None) -> None:
+    """Runs ``before()`` and ``after()`` around ``monitor.step(step)`` (where the 50% milestone asks for its score)."""
+    original = monitor.step
+
+    def step_hook(n, *args, **kwargs):
+        if n == step and before:
+            before()
+        result = original(n, *args, **kwargs)
+        if n == step and after:
+            after()
+        return result
+
+    monitor.step = step_hook
+
+
+def _wait_for_helper(monitor: TrainingMonitor) -> None:
+    """Starts the helper now (``monitor.start`` does it on the scorer thread) and lets it load."""
+    assert monitor._helper.start()
+    assert monitor._helper.score({}, {}, {}) == (True, None)  # answered once its imports are done
+
+
+def test_a_helper_that_dies_is_replaced_by_scoring_here():
     notifier = _notifier()
     monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
-    original = monitor._send_with_score
 
-    def kill_helper_first(event, upto):
-        if event.current_step == 100 and monitor._helper._process is not None:
-            monitor._helper._process.kill()
-            monitor._helper._process.wait()
-        return original(event, upto)
+    def kill():
+        monitor._helper._process.kill()
+        monitor._helper._process.wait()
 
-    monitor._send_with_score = kill_helper_first
+    _at_step(monitor, 100, before=kill)
     expected = _train(monitor)
     monitor.close()
     assert _scores(notifier) == expected
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_helper_that_dies_while_a_score_is_asked_is_replaced_by_scoring_here():
+    notifier = _notifier()
+    monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+    _wait_for_helper(monitor)
+    helper = monitor._helper._process
+    _at_step(monitor, 100, before=lambda: os.kill(helper.pid, signal.SIGSTOP),  # it cannot answer first
+             after=lambda: os.kill(helper.pid, signal.SIGKILL))
+    expected = _train(monitor)
+    monitor.close()
+    assert _scores(notifier) == expected
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_helper_that_stops_answering_is_given_up_after_its_timeout(monkeypatch):
+    notifier = _notifier()
+    monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+    _wait_for_helper(monitor)
+    monkeypatch.setattr(ScoreHelper, "ANSWER_TIMEOUT", 1.0)  # once loaded (its imports take longer)
+    helper = monitor._helper._process
+    os.kill(helper.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    expected = _train(monitor)  # complete() waits for the milestones: scored here once the helper is given up
+    assert time.monotonic() - started < 20
+    monitor.close()
+    assert _scores(notifier) == expected
+    assert helper.wait(timeout=10) != 0  # killed
+
+
+def test_milestones_asked_while_the_helper_runs_use_no_thread_of_the_monitor(monkeypatch):
+    notifier = _notifier()
+    monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+    _wait_for_helper(monitor)
+    monkeypatch.setattr(monitor, "_send_with_score", lambda *args: pytest.fail("went through the scorer thread"))
+    original = monitor.step
+
+    def step(n, *args, **kwargs):  # each milestone's message is out before the next (else it must wait its turn)
+        concurrent.futures.wait(monitor._pending)
+        return original(n, *args, **kwargs)
+
+    monitor.step = step
+    expected = _train(monitor)
+    monitor.close()
+    assert _scores(notifier) == expected and all(score is not None for score in expected.values())
+
+
+def test_a_request_larger_than_the_pipe_is_written_in_the_background():
+    from array import array
+
+    helper = ScoreHelper()
+    try:
+        assert helper.start()
+        n = 200_000  # 3.2 MB of points: far more than a pipe holds
+        columns = {"loss": (array("q", range(1, n + 1)), array("d", (2.0 - i / n for i in range(n))))}
+        answered, score = helper.score(columns, {"loss": n}, {})
+        assert answered and score == analyze_history(
+            pd.DataFrame({"key": "loss", "step": list(columns["loss"][0]), "value": list(columns["loss"][1])})
+        ).quality_score
+    finally:
+        helper.close()
 
 
 def test_the_completion_message_comes_after_the_milestones_waiting_for_their_score():
@@ -106,7 +190,8 @@ def test_the_completion_message_comes_after_the_milestones_waiting_for_their_sco
     monitor.close()
     titles = [r["event"]["title"] for r in notifier.records]
     assert titles[-1].startswith("Training Complete")
-    assert sum(r["event"]["event_type"] == "progress" for r in notifier.records) == 3
+    milestones = [r["event"]["milestone"] for r in notifier.records if r["event"]["event_type"] == "progress"]
+    assert milestones == [25, 50, 75]  # in order, though they asked for their scores in quick succession
 
 
 def test_history_keeps_every_point_in_logging_order_per_metric():

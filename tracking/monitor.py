@@ -20,7 +20,9 @@ The training loop pays for a few appends and comparisons per call (about 0.15 ms
 Python's GIL and made the steps around each milestone 2-4x slower when steps take a few milliseconds
 (bench/RESULTS.md B4). The helper is started with the monitor (niced; it imports this module and the scoring
 code, not torch, MLflow or apprise), gets only the points logged since the previous milestone, and exits when
-its pipe closes. Where it cannot run, the score is computed on the monitor's thread as before. Sending is
+its pipe closes. The training thread writes each request itself, without waiting, and the thread that reads
+the answer sends the milestone message: one wake-up per milestone. Where the helper cannot run, the score is
+computed on the monitor's thread as before. Sending is
 the notifier's (with ``send_from_helper=True``, a helper process of its own).
 """
 
@@ -31,14 +33,17 @@ import math
 import numbers
 import os
 import pickle
-import queue
+import select
+import struct
 import subprocess
 import threading
 import time
 import traceback
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import pandas as pd
@@ -57,6 +62,9 @@ from notify.watch import TrainingWatch
 from scoring import LiveRules, analyze_history
 
 log = logging.getLogger(__name__)
+
+OnScore = Callable[[bool, "float | None"], Any]  # (answered, score): a provisional score coming back
+_LENGTH = struct.Struct("<Q")  # the length of each reply from the score helper, before its pickle
 
 DEFAULT_STALL_MINUTES = 15.0
 
@@ -157,7 +165,7 @@ class TrainingMonitor:
                 # The points so far, as a length per metric: the lists only grow, so this is the snapshot.
                 upto = {key: len(steps) for key, (steps, _) in self._columns.items()}
                 self._pending = [f for f in self._pending if not f.done()]
-                self._pending.append(self._scorer.submit(self._send_with_score, event, upto))
+                self._pending.append(self._score_and_send(event, upto))
             else:
                 self._send(event)
 
@@ -166,7 +174,7 @@ class TrainingMonitor:
         """The completion message: final score, assessment, top three suggestions, run link (``extra_lines``,
         e.g. why stop_on stopped the run, go under the score). Sent after the milestone messages still waiting
         for their provisional score (a run shorter than the helper's start)."""
-        wait(self._pending)
+        self._settle_milestones()
         event = self.manager.complete(
             analysis.quality_score if analysis else None,
             analysis.overall_assessment if analysis else None,
@@ -206,6 +214,7 @@ class TrainingMonitor:
         """Stop the watchdog, let pending scores go out, then flush the notifier (bounded)."""
         if self._watchdog is not None:
             self._watchdog.stop()
+        self._settle_milestones()
         self._scorer.shutdown(wait=True)
         if self._helper is not None:
             self._helper.close()
@@ -222,14 +231,47 @@ class TrainingMonitor:
             answered, score = self._helper.score(self._columns, upto, self.params)
             if answered:
                 return score
+        return self._score_here(upto)
+
+    def _score_here(self, upto: Mapping[str, int]) -> float | None:
         try:
             return analyze_history(history_frame(self._columns, upto), params=self.params).quality_score
         except Exception as exc:  # too little history yet, or odd values: send without a score
             log.debug("no provisional score: %s", exc)
             return None
 
+    def _score_and_send(self, event: NotificationEvent, upto: Mapping[str, int]) -> Future:
+        """Sends the milestone message with its provisional score; done when it is sent.
+
+        With the helper running, the request goes into its pipe from this (the training) thread and the
+        helper's reader thread sends the message when the score is back: no other thread of the training
+        process wakes up (bench/RESULTS.md B4). Otherwise (the helper is not up yet, or is gone, or an earlier
+        milestone is still waiting, which must go first), the scorer thread does it all, as ``_send_with_score``.
+        """
+        if self._helper is not None and self._helper.running and not self._pending:
+            sent: Future = Future()
+
+            def on_reply(answered: bool, score: float | None) -> None:  # on the helper's reader thread
+                try:
+                    self._send_scored(event, score if answered else self._score_here(upto))
+                finally:
+                    sent.set_result(None)
+
+            if self._helper.request(self._columns, upto, self.params, on_reply):
+                return sent
+        return self._scorer.submit(self._send_with_score, event, upto)
+
+    def _settle_milestones(self) -> None:
+        """Waits for the milestone messages still waiting for their score; a helper that does not answer within
+        its ``ANSWER_TIMEOUT`` is closed, and what it owed is scored here."""
+        if self._helper is not None and wait(self._pending, timeout=ScoreHelper.ANSWER_TIMEOUT).not_done:
+            self._helper.close()
+        wait(self._pending)
+
     def _send_with_score(self, event: NotificationEvent, upto: Mapping[str, int]) -> None:
-        score = self.provisional_score(upto)
+        self._send_scored(event, self.provisional_score(upto))
+
+    def _send_scored(self, event: NotificationEvent, score: float | None) -> None:
         if score is not None:
             details = event.details
             event = milestone_event(event.milestone, ProgressUpdate(
@@ -273,19 +315,28 @@ class ScoreHelper:
     """A helper process that computes provisional scores, so that the training process does not spend 12-70 ms
     of GIL-holding pandas per milestone (bench/RESULTS.md B4). It keeps the points it was sent: each request
     carries only the points logged since the previous one (raw bytes of the monitor's arrays), and the
-    answer is ``analyze_history(...).quality_score`` of all of them. Requests come one at a time, from the
-    monitor's scorer thread. When the helper cannot start, dies or does not answer within
-    ``ANSWER_TIMEOUT`` seconds, ``score`` says so (the monitor then scores on its own thread) and the helper is
+    answer is ``analyze_history(...).quality_score`` of all of them, answered in the order asked.
+
+    ``request`` writes into the helper's pipe from the caller's thread without ever blocking it (what the pipe
+    does not take at once, a writer thread finishes) and the answer comes to a callback on the reader thread;
+    ``score`` waits for it. When the helper cannot start, dies or does not answer within ``ANSWER_TIMEOUT``
+    seconds, the waiting callers are told so (the monitor then scores on its own threads) and the helper is
     not used again."""
 
     ANSWER_TIMEOUT = 60.0  # the first answer waits for the helper's imports (1-3 s; more on a loaded machine)
+    IDLE_CHECK = 5.0  # how often the reader looks for a request to time, when none was due
 
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
-        self._replies: queue.Queue = queue.Queue()
+        self._waiting: deque[tuple[OnScore, float]] = deque()  # callbacks of requests sent, and when
+        self._backlog: deque[bytes] | None = None  # what the pipe did not take at once (the writer's)
         self._sent: dict[str, int] = {}  # points of each metric the helper has
         self._unusable = False
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def start(self) -> bool:
         """Start the process unless it runs already; False when there is none to use."""
@@ -293,58 +344,165 @@ class ScoreHelper:
             if self._process is not None or self._unusable:
                 return self._process is not None
             try:
-                self._process = child.start("tracking.monitor", "serve_scores")
+                process = child.start("tracking.monitor", "serve_scores")
             except Exception as exc:
                 log.debug("no helper process for provisional scores (%s); they are computed here", exc)
                 self._unusable = True
                 return False
-            threading.Thread(target=self._read_replies, args=(self._process,), daemon=True,
+            os.set_blocking(process.stdin.fileno(), False)  # request() must never block the training thread
+            threading.Thread(target=self._read_replies, args=(process,), daemon=True,
                              name="peft-studio-score-reader").start()
+            self._process = process
             return True
 
-    def _read_replies(self, process: subprocess.Popen) -> None:
-        try:
-            while True:
-                self._replies.put(pickle.load(process.stdout))
-        except Exception:  # EOF (the helper exited) or a broken reply
-            self._replies.put(None)
+    def request(self, columns: Mapping[str, tuple[array, array]], upto: Mapping[str, int],
+                params: Mapping[str, Any], on_reply: OnScore) -> bool:
+        """Asks for the score of the first ``upto[key]`` points of each of ``columns``' metrics, sending only the
+        points the helper does not have yet; ``on_reply(answered, score)`` is called on the reader thread (the
+        score is None when the points cannot be scored yet; ``answered`` is False when the helper is gone).
+        False, with nothing sent, when the helper is not running or has not answered in time."""
+        with self._lock:
+            process = self._process
+            if process is None:
+                return False
+            delta = {}
+            for key, n in upto.items():
+                have = self._sent.get(key, 0)
+                if n > have:
+                    steps, values = columns[key]
+                    delta[key] = (steps[have:n].tobytes(), values[have:n].tobytes())
+            try:
+                data = pickle.dumps((delta, dict(params)), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # params that cannot be pickled
+                log.debug("the provisional-score request cannot be sent: %s", exc)
+                return False
+            if self._backlog is None:
+                try:
+                    written = os.write(process.stdin.fileno(), data)
+                except BlockingIOError:
+                    written = 0
+                except (OSError, ValueError):  # the helper is gone
+                    self._give_up(process, "is gone")
+                    return False
+                if written < len(data):
+                    self._backlog = deque()
+                    threading.Thread(target=self._write_backlog, args=(process,), daemon=True,
+                                     name="peft-studio-score-writer").start()
+                data = data[written:]
+            if data:
+                self._backlog.append(data)
+            self._sent.update({key: upto[key] for key in delta})
+            self._waiting.append((on_reply, time.monotonic()))
+            return True
 
     def score(self, columns: Mapping[str, tuple[array, array]], upto: Mapping[str, int],
               params: Mapping[str, Any]) -> tuple[bool, float | None]:
-        """(answered, score) for the first ``upto[key]`` points of each of ``columns``' metrics; the score is
-        None when the helper could not score them (too little history yet)."""
+        """(answered, score) for the first ``upto[key]`` points of each of ``columns``' metrics, waiting for it;
+        the score is None when the helper could not score them (too little history yet)."""
         if not self.start():
             return False, None
-        delta = {}
-        for key, n in upto.items():
-            have = self._sent.get(key, 0)
-            if n > have:
-                steps, values = columns[key]
-                delta[key] = (steps[have:n].tobytes(), values[have:n].tobytes())
+        reply: Future = Future()
+        if not self.request(columns, upto, params, lambda answered, score: reply.set_result((answered, score))):
+            return False, None
         try:
-            pickle.dump((delta, dict(params)), self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._process.stdin.flush()
-            reply = self._replies.get(timeout=self.ANSWER_TIMEOUT)
-        except Exception as exc:  # the helper died, or the params cannot be pickled
-            log.debug("the provisional-score helper failed: %s", exc)
-            reply = None
-        if reply is None:
+            return reply.result(timeout=self.ANSWER_TIMEOUT + 5)  # the reader gives up on the helper at the first
+        except FutureTimeout:
             log.debug("the provisional-score helper did not answer; scores are computed here from now on")
             self.close()
             return False, None
-        self._sent.update({key: upto[key] for key in delta})
-        score, error = reply
-        if error:
-            log.debug("no provisional score: %s", error)
-        return True, score
 
     def close(self) -> None:
-        """Close its pipe (it exits at once) and reap it; it is not used again."""
+        """Close its pipe (it exits at once) and reap it; requests still waiting are answered as unanswered,
+        and it is not used again."""
         with self._lock:
             process, self._process = self._process, None
             self._unusable = True
         if process is not None:
             child.stop(process, wait=5, kill=True)
+
+    def _give_up(self, process: subprocess.Popen, why: str) -> None:
+        """Kill the helper (the lock is held); its reader answers what was waiting as unanswered."""
+        log.debug("the provisional-score helper %s; scores are computed here from now on", why)
+        self._process = None
+        self._unusable = True
+        process.kill()
+
+    def _write_backlog(self, process: subprocess.Popen) -> None:
+        """Writes what ``request`` could not without blocking (a large request, or a helper busy scoring)."""
+        fd = process.stdin.fileno()
+        while True:
+            with self._lock:
+                if not self._backlog or self._process is not process:
+                    self._backlog = None
+                    return
+                data = self._backlog[0]
+            try:
+                select.select([], [fd], [], 1.0)
+                written = os.write(fd, data)
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):  # gone or closed: the reader answers what was waiting
+                with self._lock:
+                    self._backlog = None
+                return
+            with self._lock:
+                if written == len(data):
+                    self._backlog.popleft()
+                else:
+                    self._backlog[0] = data[written:]
+
+    def _read_replies(self, process: subprocess.Popen) -> None:
+        """Answers each waiting request in order; gives the helper up when the oldest has waited longer than
+        ``ANSWER_TIMEOUT``. Replies are length-prefixed pickles read with ``os.read``, so the wait can time out."""
+        fd, buffer = process.stdout.fileno(), bytearray()
+        try:
+            while True:
+                with self._lock:
+                    oldest = self._waiting[0][1] if self._waiting else None
+                if oldest is None:  # nothing due: look again in a while (a request does not wake this thread)
+                    left = self.IDLE_CHECK
+                else:
+                    left = oldest + self.ANSWER_TIMEOUT - time.monotonic()
+                if left <= 0:
+                    with self._lock:
+                        if self._process is process:
+                            self._give_up(process, "did not answer in time")
+                    break
+                if not select.select([fd], [], [], left)[0]:
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break  # EOF: the helper exited or was killed
+                buffer += chunk
+                while len(buffer) >= _LENGTH.size and len(buffer) >= _LENGTH.size + _LENGTH.unpack_from(buffer)[0]:
+                    end = _LENGTH.size + _LENGTH.unpack_from(buffer)[0]
+                    score, error = pickle.loads(buffer[_LENGTH.size:end])
+                    del buffer[:end]
+                    if error:
+                        log.debug("no provisional score: %s", error)
+                    with self._lock:
+                        on_reply, _ = self._waiting.popleft()
+                    _answer(on_reply, True, score)
+        except Exception:  # a broken reply: the helper is not to be trusted
+            log.debug("the provisional-score helper sent a broken reply", exc_info=True)
+        with self._lock:
+            if self._process is process:
+                self._give_up(process, "ended")
+            waiting = [on_reply for on_reply, _ in self._waiting]
+            self._waiting.clear()
+        for on_reply in waiting:  # scored elsewhere by their callers
+            _answer(on_reply, False, None)
+        try:
+            process.wait(timeout=5)  # reap it
+        except Exception:
+            pass
+
+
+def _answer(on_reply: OnScore, answered: bool, score: float | None) -> None:
+    try:
+        on_reply(answered, score)
+    except Exception:  # a failed send must not stop the reader
+        log.warning("a milestone message with its provisional score failed", exc_info=True)
 
 
 def serve_scores() -> None:
@@ -368,7 +526,8 @@ def serve_scores() -> None:
             reply = (analyze(frame, params=params).quality_score, None)
         except Exception as exc:  # too little history yet, or odd values
             reply = (None, f"{type(exc).__name__}: {exc}")
-        pickle.dump(reply, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.write(_LENGTH.pack(len(data)) + data)
         answers.flush()
     answers.flush()
     os._exit(0)  # nothing to clean up: skip the interpreter's teardown

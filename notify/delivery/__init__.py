@@ -2,7 +2,8 @@
 
 ``notify`` itself decides *what* to say and *when* (pure); this package says it: ``channels`` loads and
 routes apprise services, ``messages`` fits one event to one service, ``redact`` keeps secrets out of
-everything shown, ``worker`` sends off the training thread, and ``watchdog`` notices steps that stop.
+everything shown, ``worker`` sends off the training thread
+(``helper`` and ``helper_main``: from a process of its own), and ``watchdog`` notices steps that stop.
 """
 
 from notify.delivery.channels import ENV_VAR, ChannelError, Channels, load_channels
