@@ -136,6 +136,7 @@ def test_a_helper_that_dies_while_a_score_is_asked_is_replaced_by_scoring_here()
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 def test_a_helper_that_stops_answering_is_given_up_after_its_timeout(monkeypatch):
+    monkeypatch.setattr(ScoreHelper, "IDLE_CHECK", 0.2)  # the reader looks for a due request this often
     notifier = _notifier()
     monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
     _wait_for_helper(monitor)
