@@ -210,7 +210,8 @@ def test_a_helper_that_stops_answering_cannot_hold_up_close():
         notifier.send(error_event("boom", 3, 100))
         started = time.monotonic()
         notifier.close(timeout=1)
-        assert time.monotonic() - started < 1 + 2  # its timeout, the answer margin (1 s), and some slack
+        # its timeout, the answer margin (1 s), half a second to reap it, and slack for a loaded machine
+        assert time.monotonic() - started < 1 + 1 + 0.5 + 2.5
     assert helper.wait(timeout=10) != 0  # killed: it may never wake up
     (delivery,) = notifier.records[1]["deliveries"]
     assert not delivery["ok"] and "no answer from the send helper" in delivery["error"]

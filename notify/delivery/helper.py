@@ -110,7 +110,10 @@ class SendHelper:
             while True:
                 message = pickle.load(process.stdout)
                 if message[0] == "outcome":
-                    self._on_outcome(*message[1:])
+                    try:
+                        self._on_outcome(*message[1:])
+                    except Exception:  # a bug recording it: the helper itself is fine, keep reading
+                        logger.exception("notify: recording an outcome from the send helper failed")
                 elif message[0] == "closed":
                     self._done.set()
                     return
