@@ -29,6 +29,16 @@ def progress_event(milestone: int) -> NotificationEvent:
                              event_type=EventType.PROGRESS, milestone=milestone)
 
 
+def _helper_that_delivered_once(notifier: Notifier):
+    """Sends one event and waits for its outcome to come back: the helper is up and answering. Its process."""
+    notifier.send(start_event("m", "d", 100))
+    deadline = time.monotonic() + 30
+    while not notifier.records[0]["deliveries"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert notifier.records[0]["deliveries"], "the send helper never answered"
+    return notifier._helper._process
+
+
 def _not_here(*args, **kwargs):
     raise AssertionError("sent from the training process")
 
@@ -87,11 +97,7 @@ def test_without_a_helper_the_notifier_sends_itself(monkeypatch):
 def test_a_helper_that_dies_is_replaced_by_sending_here():
     with HTTPReceiver() as webhook:
         notifier = Notifier(load_channels(webhook.url()), send_from_helper=True)
-        notifier.send(start_event("m", "d", 100))
-        deadline = time.monotonic() + 30
-        while not notifier.records[0]["deliveries"] and time.monotonic() < deadline:  # its answer is back
-            time.sleep(0.05)
-        helper = notifier._helper._process
+        helper = _helper_that_delivered_once(notifier)
         os.kill(helper.pid, signal.SIGKILL)
         helper.wait(timeout=10)
         notifier.send(error_event("boom", 3, 100))
@@ -201,11 +207,7 @@ def test_the_helper_still_delivers_when_the_training_process_dies(tmp_path):
 def test_a_helper_that_stops_answering_cannot_hold_up_close():
     with HTTPReceiver() as webhook:
         notifier = Notifier(load_channels(webhook.url(), env={}), send_from_helper=True)
-        notifier.send(start_event("m", "d", 100))
-        deadline = time.monotonic() + 30
-        while not notifier.records[0]["deliveries"] and time.monotonic() < deadline:  # the helper is up
-            time.sleep(0.05)
-        helper = notifier._helper._process
+        helper = _helper_that_delivered_once(notifier)
         os.kill(helper.pid, signal.SIGSTOP)
         notifier.send(error_event("boom", 3, 100))
         started = time.monotonic()
