@@ -332,7 +332,7 @@ class ScoreHelper:
         self._backlog: deque[bytes] | None = None  # what the pipe did not take at once (the writer's)
         self._sent: dict[str, int] = {}  # points of each metric the helper has
         self._unusable = False
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
 
     @property
     def running(self) -> bool:
@@ -360,7 +360,7 @@ class ScoreHelper:
         """Asks for the score of the first ``upto[key]`` points of each of ``columns``' metrics, sending only the
         points the helper does not have yet; ``on_reply(answered, score)`` is called on the reader thread (the
         score is None when the points cannot be scored yet; ``answered`` is False when the helper is gone).
-        False, with nothing sent, when the helper is not running or has not answered in time."""
+        False, with nothing sent, when the helper is not running (never started, gone, or given up)."""
         with self._lock:
             process = self._process
             if process is None:
@@ -405,7 +405,7 @@ class ScoreHelper:
         if not self.request(columns, upto, params, lambda answered, score: reply.set_result((answered, score))):
             return False, None
         try:
-            return reply.result(timeout=self.ANSWER_TIMEOUT + 5)  # the reader gives up on the helper at the first
+            return reply.result(timeout=self.ANSWER_TIMEOUT + 5)  # the reader gives up first; this is a backstop
         except FutureTimeout:
             log.debug("the provisional-score helper did not answer; scores are computed here from now on")
             self.close()
@@ -474,8 +474,10 @@ class ScoreHelper:
                 if not chunk:
                     break  # EOF: the helper exited or was killed
                 buffer += chunk
-                while len(buffer) >= _LENGTH.size and len(buffer) >= _LENGTH.size + _LENGTH.unpack_from(buffer)[0]:
+                while len(buffer) >= _LENGTH.size:  # every whole reply in the buffer
                     end = _LENGTH.size + _LENGTH.unpack_from(buffer)[0]
+                    if len(buffer) < end:
+                        break
                     score, error = pickle.loads(buffer[_LENGTH.size:end])
                     del buffer[:end]
                     if error:
