@@ -16,10 +16,12 @@ ran on threads of the benchmark's process, which put its request parsing on the 
 plus the same four again with ``TrainingMonitor(..., provisional_scores=False)`` (a0..d0, a diagnostic
 block), so that a slowdown at a milestone can be told apart between the provisional score (computed at
 every milestone in ``TrainingMonitor``'s helper process since 2026-12-02, on a thread of the training
-process before) and notification delivery (the ``Notifier``'s threads). With provisional scores a
-milestone's message is sent when its score is back (about 50-150 ms later, 1-3 s for the first one while
-the helper starts), so its delivery cost falls on later steps than the +-2 measured: see 'max' and
-'excess ms'. Every notifier is
+process before) and notification delivery (the ``Notifier``'s threads). With provisional scores and a
+channel, the send helper scores each milestone message and sends it (since 2026-12-03); with no channel, the
+score helper answers and a thread of the training process sends it ('score ms' times that path; '-' when
+the send helper did it). Either way a milestone's message goes out when its score is known (12-150 ms later,
+1-3 s for the first one while the helper loads the scoring code), so its delivery cost can fall on later steps
+than the +-2 measured: see 'max' and 'excess ms'. Every notifier is
 ``Notifier(channels, send_timeout=2.0, retries=1, flush_timeout=5.0, send_from_helper=True)``, as the job's
 (since 2026-12-02: sends are made by a helper process). Nothing leaves 127.0.0.1.
 

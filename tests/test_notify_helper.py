@@ -217,3 +217,39 @@ def test_a_helper_that_stops_answering_cannot_hold_up_close():
     assert helper.wait(timeout=10) != 0  # killed: it may never wake up
     (delivery,) = notifier.records[1]["deliveries"]
     assert not delivery["ok"] and "no answer from the send helper" in delivery["error"]
+
+
+def test_an_event_whose_finisher_fails_is_sent_as_it_was(caplog):
+    caplog.set_level(logging.DEBUG, logger="notify.delivery.worker")
+    with HTTPReceiver() as webhook:
+        notifier = Notifier(load_channels(webhook.url()), send_from_helper=True)
+        assert notifier.send_finished(progress_event(50), "no_such_module:finish", payload={"x": 1})
+        notifier.close()
+        bodies = webhook.wait_for(1)
+    assert [body["json"]["title"] for body in bodies] == ["Training 50% Complete"]
+    assert notifier.records[0]["event"] == progress_event(50).to_dict()
+    assert notifier.records[0]["deliveries"][0]["ok"]
+    assert "no_such_module:finish: ModuleNotFoundError" in caplog.text
+
+
+def test_send_finished_refuses_what_the_helper_cannot_finish():
+    with HTTPReceiver() as webhook:
+        assert not Notifier(load_channels(webhook.url())).send_finished(progress_event(25), "m:f", None)  # no helper
+        notifier = Notifier(load_channels(webhook.url()), send_from_helper=True)
+        assert not notifier.send_finished(progress_event(25), "m:f", payload=lambda: None)  # cannot be pickled
+        assert notifier.records == [] and notifier.finishes_in_helper  # nothing recorded, the helper still used
+        notifier.add_callback(lambda event: None)  # callbacks must see the event as sent: finished here
+        assert not notifier.finishes_in_helper
+        assert not notifier.send_finished(progress_event(25), "m:f", None)
+        notifier.close()
+    assert notifier.records == []
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling policies")
+def test_the_helper_never_preempts_training_when_it_wakes():
+    with HTTPReceiver() as webhook:
+        notifier = Notifier(load_channels(webhook.url()), send_from_helper=True)
+        pid = _helper_that_delivered_once(notifier).pid  # past its first lines
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH  # no wake-up preemption of the training thread
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+        notifier.close()

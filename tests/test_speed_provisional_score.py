@@ -13,9 +13,11 @@ import time
 
 import pandas as pd
 import pytest
+from receivers import HTTPReceiver
 
 import tracking.monitor
 from notify.delivery import Notifier, load_channels
+from notify.formatting import format_score
 from scoring import analyze_history
 from tracking.monitor import ScoreHelper, TrainingMonitor, history_frame
 
@@ -236,3 +238,87 @@ def test_no_score_for_too_few_points(steps):
     monitor.complete()
     monitor.close()
     assert all(score is None for score in _scores(notifier).values())
+
+
+# --- with a send helper (what the job runs): it scores each milestone message itself and sends it ----------
+
+
+def _webhook_notifier(webhook: HTTPReceiver) -> Notifier:
+    return Notifier(load_channels(webhook.url()), send_from_helper=True)
+
+
+def test_with_a_send_helper_milestones_are_scored_and_sent_by_it(monkeypatch):
+    monkeypatch.setattr(tracking.monitor, "analyze_history", _scored_here)
+    with HTTPReceiver() as webhook:
+        notifier = _webhook_notifier(webhook)
+        monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+        monkeypatch.setattr(monitor, "_score_and_send", lambda *args: pytest.fail("scored outside the send helper"))
+        expected = _train(monitor)
+        monitor.close()
+        bodies = [request["json"] for request in webhook.wait_for(6)]  # start, 3 milestones, a warning, the end
+    assert monitor._helper._process is None  # no score helper was started: the send helper scored them
+    assert _scores(notifier) == expected and all(score is not None for score in expected.values())
+    assert [body["title"] for body in bodies] == [r["event"]["title"] for r in notifier.records]
+    milestones = [body for body, r in zip(bodies, notifier.records) if r["event"]["event_type"] == "progress"]
+    for body, score in zip(milestones, expected.values(), strict=True):  # what was sent is what is recorded
+        assert f"Provisional quality score: {format_score(score)}/100" in body["message"], body["message"]
+
+
+def test_the_send_helper_keeps_milestones_before_the_completion_message():
+    with HTTPReceiver() as webhook:
+        notifier = _webhook_notifier(webhook)
+        monitor = TrainingMonitor(notifier, total_steps=40, params=PARAMS)
+        _train(monitor, steps=40)  # far shorter than the helper takes to load the scoring code
+        monitor.close()
+        titles = [request["json"]["title"] for request in webhook.wait_for(5)]
+    assert titles[-1].startswith("Training Complete") and len(titles) == 5, titles
+    assert [r["event"]["milestone"] for r in notifier.records if r["event"]["event_type"] == "progress"] == [25, 50, 75]
+    assert all(score is not None for score in _scores(notifier).values())
+
+
+def test_a_send_helper_lost_mid_run_leaves_the_next_milestones_to_the_score_helper():
+    with HTTPReceiver() as webhook:
+        notifier = _webhook_notifier(webhook)
+        monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+
+        def kill_the_send_helper():  # once the 25% message is out (start, then 25%)
+            assert len(webhook.wait_for(2, timeout=30)) == 2
+            notifier._helper._process.kill()
+            notifier._helper._process.wait()
+
+        _at_step(monitor, 100, before=kill_the_send_helper)
+        expected = _train(monitor)
+        assert monitor._helper.running  # the score helper took over
+        monitor.close()
+        sent = [request["json"]["message"] for request in webhook.wait_for(6)]
+    assert _scores(notifier) == expected and all(score is not None for score in expected.values())
+    for score in expected.values():  # each milestone went out with its score, from one process or the other
+        assert any(f"Provisional quality score: {format_score(score)}/100" in message for message in sent), sent
+
+
+def test_more_new_points_than_the_send_helper_takes_go_to_the_score_helper(monkeypatch):
+    with HTTPReceiver() as webhook:
+        notifier = _webhook_notifier(webhook)
+        monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+        _at_step(monitor, 100, before=lambda: monkeypatch.setattr(tracking.monitor, "SEND_HELPER_MAX_BYTES", 16))
+        expected = _train(monitor)  # 25% goes to the send helper, 50% and 75% (more than one point) do not
+        assert monitor._helper.running and monitor._in_send_helper  # both were used
+        monitor.close()
+    assert _scores(notifier) == expected and all(score is not None for score in expected.values())
+    assert notifier._helper is None or not notifier._helper._lost  # the send helper was never overrun
+
+
+def test_callbacks_get_scored_milestones_when_a_send_helper_runs():
+    seen = []
+    with HTTPReceiver() as webhook:
+        notifier = _webhook_notifier(webhook)
+        monitor = TrainingMonitor(notifier, total_steps=200, params=PARAMS)
+        monitor.register_notification_callback(seen.append)  # they run here: the score is computed for them
+        expected = _train(monitor)
+        monitor.close()
+    scores = {e.current_step: e.details.get("quality_score") for e in seen if e.event_type.value == "progress"}
+    assert scores == expected == _scores(notifier)
+
+
+def _scored_here(*args, **kwargs):
+    raise AssertionError("the provisional score was computed in the training process")

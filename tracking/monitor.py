@@ -18,12 +18,16 @@ The training loop pays for a few appends and comparisons per call (about 0.15 ms
 ``bench/RESULTS.md``). The provisional score of a milestone (the full analysis of the points so far,
 12-70 ms of pandas and scipy) is computed in a helper process: on a thread of the training process it held
 Python's GIL and made the steps around each milestone 2-4x slower when steps take a few milliseconds
-(bench/RESULTS.md B4). The helper is started with the monitor (niced; it imports this module and the scoring
-code, not torch, MLflow or apprise), gets only the points logged since the previous milestone, and exits when
-its pipe closes. The training thread writes each request itself, without waiting, and the thread that reads
-the answer sends the milestone message: one wake-up per milestone. Where the helper cannot run, the score is
-computed on the monitor's thread as before. Sending is
-the notifier's (with ``send_from_helper=True``, a helper process of its own).
+(bench/RESULTS.md B4). Which helper:
+
+* the notifier's send helper (``send_from_helper=True``, channels, no callbacks: what the job runs). The
+  training thread hands it the unscored message with the points logged since the previous milestone
+  (``Notifier.send_finished``); the helper scores it (``finish_milestone``) and sends it. Nothing else of the
+  training process takes part.
+* otherwise ``ScoreHelper``, a process of its own started with the monitor (niced; it imports this module and
+  the scoring code, not torch, MLflow or apprise), also fed only the new points. The training thread writes
+  each request itself, without waiting, and the thread that reads the answer sends the milestone message: one
+  wake-up per milestone. Where it cannot run, the score is computed on the monitor's thread as before.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class TrainingMonitor:
         self._points = 0
         self._helper = ScoreHelper() if provisional_scores else None
         self._pending: list[Future] = []  # milestone messages waiting for their provisional score
+        self._in_send_helper: dict[str, int] = {}  # points of each metric the send helper's finisher has
         self.latest: dict[str, float] = {}
         self.step_reached = start_step
         self._memory_warned = False
@@ -116,7 +121,10 @@ class TrainingMonitor:
     def start(self, model: str, data: str, run_url: str | None = None) -> None:
         self.started = time.monotonic()
         if self._helper is not None:  # warm by the first milestone; started off the training thread
-            self._scorer.submit(self._helper.start)
+            if self.notifier.finishes_in_helper:  # the send helper scores the milestones (see step)
+                self.notifier.prepare_finisher(FINISHER)
+            else:
+                self._scorer.submit(self._helper.start)
         self._send(start_event(model, data, self.manager.total_steps, run_url=run_url))
         if self._watchdog is not None:
             self._watchdog.start()
@@ -165,6 +173,8 @@ class TrainingMonitor:
                 # The points so far, as a length per metric: the lists only grow, so this is the snapshot.
                 upto = {key: len(steps) for key, (steps, _) in self._columns.items()}
                 self._pending = [f for f in self._pending if not f.done()]
+                if not self._pending and self._finish_in_send_helper(event, upto):
+                    continue
                 self._pending.append(self._score_and_send(event, upto))
             else:
                 self._send(event)
@@ -240,6 +250,21 @@ class TrainingMonitor:
             log.debug("no provisional score: %s", exc)
             return None
 
+    def _finish_in_send_helper(self, event: NotificationEvent, upto: Mapping[str, int]) -> bool:
+        """Hands the milestone message to the notifier's send helper, which scores it (``finish_milestone``) and
+        sends it: the training process writes once into a pipe and does nothing more for it (bench/RESULTS.md
+        B4). False when the notifier has no such helper now (none, lost, or callbacks that must see the score)."""
+        if not self.notifier.finishes_in_helper:
+            return False
+        points = new_points(self._columns, upto, self._in_send_helper)
+        if sum(len(steps) + len(values) for steps, values in points.values()) > SEND_HELPER_MAX_BYTES:
+            return False
+        payload = (points, self.params, self.manager.start_step)
+        if not self.notifier.send_finished(event, FINISHER, payload):
+            return False
+        self._in_send_helper.update({key: upto[key] for key in points})
+        return True
+
     def _score_and_send(self, event: NotificationEvent, upto: Mapping[str, int]) -> Future:
         """Sends the milestone message with its provisional score; done when it is sent.
 
@@ -272,20 +297,73 @@ class TrainingMonitor:
         self._send_scored(event, self.provisional_score(upto))
 
     def _send_scored(self, event: NotificationEvent, score: float | None) -> None:
-        if score is not None:
-            details = event.details
-            event = milestone_event(event.milestone, ProgressUpdate(
-                current_step=event.current_step, total_steps=event.total_steps,
-                previous_step=max(0, event.current_step - 1),
-                loss=details.get("loss"), eval_loss=details.get("eval_loss"),
-                elapsed_seconds=details.get("elapsed_seconds"), quality_score=score,
-                start_step=min(self.manager.start_step, event.current_step)))
-        self._send(event)
+        self._send(with_score(event, score, self.manager.start_step))
 
     def _on_stall(self, seconds: float, step: int | None) -> None:
         event = self.watch.record_stall(seconds, step, total_steps=self.manager.total_steps, phase=self.phase)
         if event is not None:
             self._send(event)
+
+
+FINISHER = "tracking.monitor:finish_milestone"  # run by the notifier's send helper (Notifier.send_finished)
+# More new points than this (bytes; 16 per point) go to the score helper instead: a write the send helper's pipe
+# cannot take at once gives that helper up, while the score helper's writer thread waits for its pipe. 1,000
+# points (250 logged steps of four metrics) per milestone fit.
+SEND_HELPER_MAX_BYTES = 16_000
+
+
+def with_score(event: NotificationEvent, score: float | None, start_step: int) -> NotificationEvent:
+    """The milestone message ``event`` with its provisional score (``event`` itself when there is none)."""
+    if score is None:
+        return event
+    details = event.details
+    return milestone_event(event.milestone, ProgressUpdate(
+        current_step=event.current_step, total_steps=event.total_steps,
+        previous_step=max(0, event.current_step - 1),
+        loss=details.get("loss"), eval_loss=details.get("eval_loss"),
+        elapsed_seconds=details.get("elapsed_seconds"), quality_score=score,
+        start_step=min(start_step, event.current_step)))
+
+
+def new_points(columns: Mapping[str, tuple[array, array]], upto: Mapping[str, int],
+               have: Mapping[str, int]) -> dict[str, tuple[bytes, bytes]]:
+    """The points of each metric up to ``upto[key]`` that a helper holding ``have[key]`` of them lacks, as the
+    raw bytes of the step and value arrays (``add_points`` reads them)."""
+    points = {}
+    for key, n in upto.items():
+        start = have.get(key, 0)
+        if n > start:
+            steps, values = columns[key]
+            points[key] = (steps[start:n].tobytes(), values[start:n].tobytes())
+    return points
+
+
+def add_points(columns: dict[str, tuple[array, array]], points: Mapping[str, tuple[bytes, bytes]]) -> None:
+    """Appends ``new_points``' output to a helper's own columns."""
+    for key, (steps, values) in points.items():
+        key_columns = columns.setdefault(key, (array("q"), array("d")))
+        key_columns[0].frombytes(steps)
+        key_columns[1].frombytes(values)
+
+
+def score_of(columns: Mapping[str, tuple[array, array]], params: Mapping[str, Any]) -> float | None:
+    """``analyze_history``'s quality score of all of ``columns``' points; raises when they cannot be scored."""
+    frame = history_frame(columns, {key: len(steps) for key, (steps, _) in columns.items()})
+    return analyze_history(frame, params=params).quality_score
+
+
+def finish_milestone(state: dict, event: dict, payload: tuple) -> dict:
+    """In the send helper (``Notifier.send_finished``): the milestone message ``event`` (a dict) with the
+    provisional score of every point sent so far; ``state`` keeps them between milestones. ``payload`` is
+    (new points, params, start step); points that cannot be scored yet leave the message as it is."""
+    points, params, start_step = payload
+    columns = state.setdefault("columns", {})
+    add_points(columns, points)
+    try:
+        score = score_of(columns, params)
+    except Exception:  # too little history yet, or odd values: sent without a score
+        return event
+    return with_score(NotificationEvent.from_dict(event), score, start_step).to_dict()
 
 
 def history_frame(columns: Mapping[str, tuple[array, array]], upto: Mapping[str, int]) -> pd.DataFrame:
@@ -365,12 +443,7 @@ class ScoreHelper:
             process = self._process
             if process is None:
                 return False
-            delta = {}
-            for key, n in upto.items():
-                have = self._sent.get(key, 0)
-                if n > have:
-                    steps, values = columns[key]
-                    delta[key] = (steps[have:n].tobytes(), values[have:n].tobytes())
+            delta = new_points(columns, upto, self._sent)
             try:
                 data = pickle.dumps((delta, dict(params)), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:  # params that cannot be pickled
@@ -510,8 +583,6 @@ def _answer(on_reply: OnScore, answered: bool, score: float | None) -> None:
 def serve_scores() -> None:
     """The helper process: read (new points, params) requests from stdin, answer (score, error) on stdout,
     exit when stdin closes (the monitor closed it, or the training process ended in any way)."""
-    from scoring import analyze_history as analyze
-
     requests, answers = child.serve_pipes()
     columns: dict[str, tuple[array, array]] = {}
     while True:
@@ -519,13 +590,9 @@ def serve_scores() -> None:
             delta, params = pickle.load(requests)
         except Exception:  # EOF: the monitor is done
             break
-        for key, (steps, values) in delta.items():
-            key_columns = columns.setdefault(key, (array("q"), array("d")))
-            key_columns[0].frombytes(steps)
-            key_columns[1].frombytes(values)
+        add_points(columns, delta)
         try:
-            frame = history_frame(columns, {key: len(steps) for key, (steps, _) in columns.items()})
-            reply = (analyze(frame, params=params).quality_score, None)
+            reply = (score_of(columns, params), None)
         except Exception as exc:  # too little history yet, or odd values
             reply = (None, f"{type(exc).__name__}: {exc}")
         data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

@@ -20,12 +20,19 @@ ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds notify/
 
 
 def start(module: str, function: str, nice: int = 10) -> subprocess.Popen:
-    """The child running ``module.function()``, its priority lowered by ``nice`` where the system allows it
-    before it imports anything (the imports are most of its CPU: the training process comes first for it);
-    raises OSError when it cannot be started."""
+    """The child running ``module.function()``, its priority lowered before it imports anything (the imports
+    are most of its CPU: the training process comes first for it); raises OSError when it cannot be started.
+
+    Lowered twice, where the system allows it: by ``nice`` (its share of a busy core), and to the SCHED_BATCH
+    policy (Linux), so that waking up it never preempts a running training thread; it waits for the scheduler's
+    next tick or a free core instead. With only the nice value, a helper waking to score or send took 1-3 ms
+    from the step that was running in half of the runs on a 2-core machine (bench/RESULTS.md B4). SCHED_BATCH
+    keeps the nice share, so a busy machine still delivers (unlike SCHED_IDLE, which can starve)."""
     if not sys.executable:
         raise OSError("no Python executable (sys.executable is empty)")
     code = (f"import os, sys\ntry: os.nice({int(nice)})\nexcept (AttributeError, OSError): pass\n"
+            "try: os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))\n"
+            "except (AttributeError, OSError): pass\n"
             f"sys.path.insert(0, sys.argv[1]); from {module} import {function}; {function}()")
     return subprocess.Popen([sys.executable, "-c", code, ROOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)

@@ -9,10 +9,18 @@ the queueing, a lane per channel, retries, rate limits and the close-time orderi
 in-process send, and writes back each channel's outcome as it is known. One reader thread in the training
 process records them: one wake-up per outcome, none per send.
 
-Messages, pickled: to the helper ``("config", Channels.portable(), settings)``, ``("send", key, event dict,
-attachments)`` and ``("close", deadline)`` (a ``time.monotonic`` value, which is the same clock in both
-processes); back ``("outcome", key, channel index, delivery, dropped)``, ``("closed",)`` once the helper's own
-``close`` is done, or ``("unusable", reason)`` when it cannot load the channels.
+Messages, pickled: to the helper ``("config", Channels.portable(), settings)``, ``("prepare", finisher)``,
+``("send", key, event dict, attachments, finish)`` and ``("close", deadline)`` (a ``time.monotonic`` value,
+which is the same clock in both processes); back ``("finished", key, event dict or None, error or None)``,
+``("outcome", key, channel index, delivery, dropped)``, ``("closed",)`` once the helper's own ``close`` is
+done, or ``("unusable", reason)`` when it cannot load the channels.
+
+A send can carry ``finish = (finisher, payload)``: the helper imports ``finisher`` ("module:function", from this
+checkout's packages) and sends ``function(state, event dict, payload)`` instead of the event, ``state`` being a
+dict the helper keeps for that finisher across sends. The training job finishes its milestone messages this
+way (``tracking.monitor.finish_milestone``: the provisional score), so that a milestone costs the training
+process one write into this pipe and nothing while the score is computed and sent. ``("finished", ...)``
+tells the training process what was sent, for its records.
 
 When the helper cannot start or load the channels, falls behind (its pipe is full) or dies before it closed,
 ``on_lost`` is called once and the notifier delivers, in-process, everything that has no outcome yet: a message
@@ -43,13 +51,16 @@ ANSWER_MARGIN = 1.0  # seconds past the close deadline to wait for the helper's 
 
 # (key, channel index, delivery, dropped): one channel's outcome for the event sent under ``key``.
 OnOutcome = Callable[[int, int, dict, bool], None]
+# (key, the event dict the finisher made or None, its error or None): what the helper sent under ``key``.
+OnFinished = Callable[[int, "dict | None", "str | None"], None]
 
 
 class SendHelper:
     """The training process' side of one helper process; thread-safe."""
 
-    def __init__(self, on_outcome: OnOutcome, on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_outcome: OnOutcome, on_lost: Callable[[], None], on_finished: OnFinished) -> None:
         self._on_outcome = on_outcome
+        self._on_finished = on_finished
         self._on_lost = on_lost
         self._process: subprocess.Popen | None = None
         self._write = threading.Lock()  # one message at a time into the pipe
@@ -71,9 +82,19 @@ class SendHelper:
         threading.Thread(target=self._read_answers, args=(process,), daemon=True, name="notify-helper-reader").start()
         return self._tell(("config", portable_channels, settings))
 
-    def send(self, key: int, event: Any, attachments: Sequence[str]) -> bool:
-        """Hand the helper ``event``; False when it is lost (``on_lost`` has run; the caller sends it itself)."""
-        return self._tell(("send", key, event.to_dict(), list(attachments)))
+    @property
+    def usable(self) -> bool:
+        """Running, and not lost: a send now is the helper's."""
+        return self._process is not None and not self._lost
+
+    def prepare(self, finisher: str) -> bool:
+        """Have the helper import ``finisher`` now (its imports can take seconds), not at its first send."""
+        return self._tell(("prepare", finisher))
+
+    def send(self, key: int, event: Any, attachments: Sequence[str], finish: tuple[str, Any] | None = None) -> bool:
+        """Hand the helper ``event`` (to be finished by ``finish``'s finisher first, when given); False when it is
+        lost (``on_lost`` has run; the caller sends it itself)."""
+        return self._tell(("send", key, event.to_dict(), list(attachments), finish))
 
     def close(self, deadline: float) -> bool:
         """Have the helper deliver what it holds by ``deadline`` (``time.monotonic``), wait for its last
@@ -109,11 +130,11 @@ class SendHelper:
         try:
             while True:
                 message = pickle.load(process.stdout)
-                if message[0] == "outcome":
+                if message[0] in ("outcome", "finished"):
                     try:
-                        self._on_outcome(*message[1:])
+                        (self._on_outcome if message[0] == "outcome" else self._on_finished)(*message[1:])
                     except Exception:  # a bug recording it: the helper itself is fine, keep reading
-                        logger.exception("notify: recording an outcome from the send helper failed")
+                        logger.exception("notify: recording an answer from the send helper failed")
                 elif message[0] == "closed":
                     self._done.set()
                     return

@@ -40,6 +40,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -112,7 +113,7 @@ class Notifier:
         self._stop = threading.Event()  # set when close() gives up: the threads end, waits end early
         self._helper: SendHelper | None = None
         if send_from_helper and len(channels):
-            helper = SendHelper(self._remote_outcome, self._helper_lost)
+            helper = SendHelper(self._remote_outcome, self._helper_lost, self._remote_finished)
             settings = {"send_timeout": self.send_timeout, "retries": retries, "backoff": self.backoff,
                         "flush_timeout": self.flush_timeout, "max_queue": max_queue}
             self._helper = helper if helper.start(channels.portable(), settings) else None
@@ -147,16 +148,56 @@ class Notifier:
                 return False
             if pending.targets and self._helper is not None:
                 pending.remote = self._helper.send(key, event, pending.attachments)
-            if pending.remote and not self._callbacks:
-                return True  # nothing here to wake
-            victim = _push(self._queue, pending, self.max_queue)
-            if victim is not None:
-                if victim.remote:  # the helper delivers it: only its callbacks are skipped
-                    logger.warning("notify: callbacks skipped for %r: more than %d events were waiting",
-                                   victim.event.title, self.max_queue)
-                else:
-                    self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
-            self._lock.notify_all()
+            return self._enqueue(pending)
+
+    @property
+    def finishes_in_helper(self) -> bool:
+        """Whether ``send_finished`` can hand an event to the send helper now."""
+        return self._helper is not None and self._helper.usable and not self._callbacks and not self._closed
+
+    def prepare_finisher(self, finisher: str) -> bool:
+        """Has the send helper import ``finisher`` ("module:function") now rather than at its first use."""
+        return self._helper is not None and self._helper.prepare(finisher)
+
+    def send_finished(self, event: NotificationEvent, finisher: str, payload: Any) -> bool:
+        """Like ``send``, but the send helper sends ``function(state, event.to_dict(), payload)`` instead of
+        ``event``: ``finisher`` is "module:function" in this checkout's packages, run in the helper process
+        with a dict ``state`` it keeps across sends. The record then holds the event as sent. If the finisher
+        fails, ``event`` is sent as it is; if the helper is lost before it sent it, this process sends ``event``.
+
+        Returns False, with nothing sent or recorded, when the helper cannot take it: there is none, it is
+        lost, or callbacks are registered (they run here, and would see ``event`` unfinished). The caller then
+        finishes the event itself and uses ``send``.
+        """
+        if not isinstance(event, NotificationEvent):
+            raise ValueError(f"event must be a NotificationEvent, got {type(event).__name__}")
+        pending = _Pending(event, (), self.channels)
+        with self._lock:
+            if not self.finishes_in_helper or not pending.targets:
+                return False
+            key = len(self._records)
+            try:
+                pending.remote = self._helper.send(key, event, (), finish=(finisher, payload))
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:  # a payload that cannot be pickled
+                logger.debug("notify: cannot hand the helper a payload for %s: %s", finisher, exc)
+                return False
+            self._records.append(pending)
+            self._enqueue(pending)  # lost just now: it goes out from here as it is
+        return True
+
+    def _enqueue(self, pending: _Pending) -> bool:
+        """Queues a recorded event for the dispatcher (the lock is held), unless the helper has it and there is
+        no callback to run; False when it gave way at once to more important events."""
+        if pending.remote and not self._callbacks:
+            return True  # nothing here to wake
+        victim = _push(self._queue, pending, self.max_queue)
+        if victim is not None:
+            if victim.remote:  # the helper delivers it: only its callbacks are skipped
+                logger.warning("notify: callbacks skipped for %r: more than %d events were waiting",
+                               victim.event.title, self.max_queue)
+            else:
+                self._drop(victim, f"dropped: more than {self.max_queue} notifications were waiting")
+        self._lock.notify_all()
         return victim is not pending or pending.remote
 
     def add_callback(self, fn: Callback) -> Callback:
@@ -303,6 +344,14 @@ class Notifier:
             logger.warning("notify: %r not delivered to %s after %d attempt(s): %s",
                            pending.event.title, channel, delivery["attempts"], delivery["error"])
 
+    def _remote_finished(self, key: int, event: dict[str, Any] | None, error: str | None) -> None:
+        """The helper finished the event sent under ``key`` (its reader thread): the record shows what it sent."""
+        if error is not None:
+            logger.debug("notify: the send helper could not finish an event (%s); it was sent as it was", error)
+            return
+        with self._lock:
+            self._records[key].finish(event)
+
     def _helper_lost(self) -> None:
         """The helper cannot go on: this process delivers what has no outcome yet, and whatever comes next."""
         with self._lock:  # the helper refuses what comes next itself, so sends take the in-process path
@@ -441,7 +490,8 @@ class _Pending:
         channels: Channels,
         on_outcome: Callable[[int, dict[str, Any], bool], Any] | None = None,
     ) -> None:
-        self.event = event
+        self._event = event
+        self._finished: dict[str, Any] | None = None  # what the send helper sent instead, not decoded yet
         self.attachments = attachments
         self.targets = channels.targets(event.event_type)
         self.remote = False  # handed to the send helper, which delivers it and answers each outcome
@@ -450,6 +500,17 @@ class _Pending:
         self._on_outcome = on_outcome
         self._time = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         self._deliveries: dict[int, dict[str, Any]] = {}  # id(service) -> its outcome
+
+    @property
+    def event(self) -> NotificationEvent:
+        finished = self._finished
+        if finished is not None:  # decoded when first needed, not on the thread that reads the helper's answers
+            self._event, self._finished = NotificationEvent.from_dict(finished), None
+        return self._event
+
+    def finish(self, event: dict[str, Any]) -> None:
+        """The event as the send helper finished and sent it (``Notifier.send_finished``)."""
+        self._finished = event
 
     def add(self, service: Any, delivery: dict[str, Any]) -> None:
         """The outcome on one channel; the first one said stands (a late answer after close is ignored)."""
