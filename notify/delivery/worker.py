@@ -17,7 +17,10 @@ broken channel delays only itself, never another channel, and every channel has 
   (``notify.delivery.helper``): ``send`` pickles the event into its pipe from the caller's thread, and no
   thread of this process wakes up for a send, only one for each outcome that comes back (callbacks, when
   there are any, still run on a thread here). The notifier falls back to sending itself when the helper
-  cannot start or load the channels, falls behind, or dies.
+  cannot start or load the channels, falls behind, or dies;
+* ``send_finished`` lets the helper complete an event just before sending it (a "module:function" finisher
+  run in the helper: the training job's provisional score in milestone messages), so that the work of
+  completing it is not the training process's either.
 
 When a queue is full the oldest progress event is dropped (then start, then warning; errors and the
 completion last) and recorded as dropped. ``close()`` (also run at interpreter exit) delivers what is
