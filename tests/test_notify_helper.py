@@ -253,3 +253,23 @@ def test_the_helper_never_preempts_training_when_it_wakes():
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH  # no wake-up preemption of the training thread
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
         notifier.close()
+
+
+def test_the_helper_still_finishes_and_delivers_when_the_training_process_dies():
+    with HTTPReceiver() as webhook:
+        script = (
+            "import os, sys; sys.path.insert(0, sys.argv[1])\n"
+            "from array import array\n"
+            "from notify import ProgressUpdate, milestone_event\n"
+            "from notify.delivery import Notifier, load_channels\n"
+            "from tracking.monitor import FINISHER, new_points\n"
+            "notifier = Notifier(load_channels(sys.argv[2], env={}), send_from_helper=True)\n"
+            "loss = (array('q', range(1, 51)), array('d', [2.0 / (1 + i / 10) for i in range(50)]))\n"
+            "event = milestone_event(50, ProgressUpdate(current_step=50, total_steps=100, previous_step=49))\n"
+            "assert notifier.send_finished(event, FINISHER, (new_points({'loss': loss}, {'loss': 50}, {}), {}, 0))\n"
+            "os._exit(0)  # no close, no atexit: as if killed before the helper answered anything\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(ROOT), webhook.url()], check=True, timeout=60)
+        [request] = webhook.wait_for(1, timeout=30)
+    assert request["json"]["title"] == "Training Halfway There!"
+    assert "Provisional quality score:" in request["json"]["message"], request["json"]["message"]

@@ -25,7 +25,6 @@ def serve() -> None:
     requests, answers = child.serve_pipes()
     try:
         _serve(requests, answers)
-        answers.flush()
     finally:
         os._exit(0)
 
@@ -35,8 +34,11 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
     def answer(*message: Any) -> None:
         with write:
-            pickle.dump(message, answers, protocol=pickle.HIGHEST_PROTOCOL)
-            answers.flush()
+            try:
+                pickle.dump(message, answers, protocol=pickle.HIGHEST_PROTOCOL)
+                answers.flush()
+            except (OSError, ValueError):  # the training process is gone: deliver what is here all the same
+                pass
 
     try:
         _, portable_channels, settings = pickle.load(requests)
