@@ -26,7 +26,7 @@ def start(module: str, function: str, nice: int = 10) -> subprocess.Popen:
     Lowered twice, where the system allows it: by ``nice`` (its share of a busy core), and to the SCHED_BATCH
     policy (Linux), so that waking up it never preempts a running training thread; it waits for the scheduler's
     next tick or a free core instead. With only the nice value, a helper waking to score or send took 1-3 ms
-    from the step that was running in half of the runs on a 2-core machine (bench/RESULTS.md B4). SCHED_BATCH
+    from the step that was running in about a third of the runs on a 2-core machine (bench/RESULTS.md B4). SCHED_BATCH
     keeps the nice share, so a busy machine still delivers (unlike SCHED_IDLE, which can starve)."""
     if not sys.executable:
         raise OSError("no Python executable (sys.executable is empty)")
