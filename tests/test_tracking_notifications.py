@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from receivers import PASSWORD as SECRET
 from receivers import HTTPReceiver, SMTPReceiver, free_port
 
+from notify.formatting import format_score
 from tracking.config import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,9 @@ def test_milestones_completion_and_email_with_the_plot(default_run, tmp_path):
     events = _events(client, result.run_id, tmp_path)
     assert [e["event"]["title"] for e in events] == titles
     assert all(d["ok"] for e in events for d in e["deliveries"])
+    for post, event in zip(posts[2:4], events[2:4], strict=True):  # 50 and 75 %: scored by the send helper
+        score = event["event"]["details"]["quality_score"]
+        assert f"Provisional quality score: {format_score(score)}/100" in post["message"], post["message"]
     run = client.get_run(result.run_id)
     everything = json.dumps(events) + json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert SECRET not in everything
