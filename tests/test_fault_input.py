@@ -292,6 +292,20 @@ def test_debug_shows_the_traceback_of_a_bad_parameter(tmp_path):
     assert "ConfigError: epochs must not be negative" in done.stderr
 
 
+def test_a_bad_notify_url_is_named_before_the_data_mlflow_or_the_scoring_code_is_loaded(tmp_path):
+    """A typo in --notify is the commonest bad setting: named in a fraction of a second, not after the imports of
+    the data check (pyarrow), the tracking-server check (MLflow) and the guard's rules (scipy, pandas)."""
+    code = ("import sys\nfrom tracking.cli import main\n"
+            "try:\n    main(['train', '--notify', 'notaurl://x', '--output-dir', sys.argv[1]])\n"
+            "except SystemExit as exc:\n    print('exit', exc.code)\n"
+            "print(sorted(m for m in ('mlflow', 'scoring', 'pandas', 'pyarrow', 'torch') if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PEFT_STUDIO_NOTIFY"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.stderr.startswith("peft-studio: error: notify: 'notaurl://...' is not a valid apprise URL"), done.stderr
+    assert done.stdout.splitlines()[-2:] == ["exit 2", "[]"], done.stdout
+
+
 MLFLOW_RUN_CASES = [("lora_dropout", "1.5"), ("notify", "notaurl://x")]  # the CLI table above covers every param
 
 

@@ -36,6 +36,9 @@ def friendly_errors(func):
         try:
             if ctx.command.name == "train":  # settings and local data first: named in a second, MLflow untouched
                 config = TrainConfig.from_strings(kwargs)
+                from notify.delivery import load_channels
+
+                load_channels(config.notify)  # a bad URL in 0.3 s (train() loads the channels again to use them)
                 from .data import load_text_data, resolve_data_source
 
                 if not isinstance(resolve_data_source(config.data), str):  # a file (a hub dataset loads once, later)

@@ -203,12 +203,13 @@ def _check_paths(cfg: TrainConfig) -> None:
 
 def _check_guard(cfg: TrainConfig) -> None:
     """stop_on, stop_patience and the two intervals of the run guard (docs/guard.md)."""
-    from scoring.stopping import parse_stop_on
+    if cfg.stop_on.replace(",", " ").strip():  # the scoring code (scipy, pandas: a second) only when it is set
+        from scoring.stopping import parse_stop_on
 
-    try:
-        parse_stop_on(cfg.stop_on)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        try:
+            parse_stop_on(cfg.stop_on)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.stop_patience < 1:
         raise ConfigError(f"stop_patience must be a whole number of evaluations >= 1, got {cfg.stop_patience!r}")
     for name in ("heartbeat_seconds", "system_metrics_seconds"):
