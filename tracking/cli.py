@@ -38,7 +38,7 @@ def friendly_errors(func):
                 config = TrainConfig.from_strings(kwargs)
                 from notify.delivery import load_channels
 
-                load_channels(config.notify)  # a bad URL in 0.3 s (train() loads the channels again to use them)
+                load_channels(config.notify)  # a bad URL named in half a second (train() loads them again to use them)
                 from .data import load_text_data, resolve_data_source
 
                 if not isinstance(resolve_data_source(config.data), str):  # a file (a hub dataset loads once, later)
