@@ -68,20 +68,20 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
         except Exception:  # said again, with the reason, by the first send that needs it
             pass
 
-    def finished(key: int, event: dict, finish: tuple[str, Any] | None) -> dict:
+    def finished(key: int, event: dict, finish: tuple[str, Any] | None) -> NotificationEvent:
         """The event ``finish``'s finisher makes of ``event``; ``event`` itself when it fails."""
-        if finish is None:
-            return event
-        try:
-            function, state = finisher(finish[0])
-            made = function(state, event, finish[1])
-            NotificationEvent.from_dict(made)  # refused here, not in the send, when it is not an event
-        except Exception as exc:
-            answer("finished", key, None, f"{finish[0]}: {type(exc).__name__}: {exc}")
-            return event
-        if made != event:
-            answer("finished", key, made, None)
-        return made
+        if finish is not None:
+            try:
+                function, state = finisher(finish[0])
+                made = function(state, event, finish[1])
+                finished_event = NotificationEvent.from_dict(made)  # refused here when it is not an event
+            except Exception as exc:
+                answer("finished", key, None, f"{finish[0]}: {type(exc).__name__}: {exc}")
+            else:
+                if made != event:
+                    answer("finished", key, made, None)
+                return finished_event
+        return NotificationEvent.from_dict(event)
 
     while True:
         try:
@@ -91,8 +91,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
             return
         if message[0] == "send":
             _, key, event, attachments, finish = message
-            event = finished(key, event, finish)
-            notifier.send(NotificationEvent.from_dict(event), attachments, on_outcome=outcome_of(key))
+            notifier.send(finished(key, event, finish), attachments, on_outcome=outcome_of(key))
         elif message[0] == "prepare":  # its imports can take seconds: sends go on meanwhile
             threading.Thread(target=prepare, args=(message[1],), daemon=True, name="prepare-finisher").start()
         elif message[0] == "close":
