@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -116,8 +118,9 @@ def _eval_losses(client, run_id) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, "eval_loss")}
 
 
-def _adapter_eval_loss(adapter_dir, data_csv) -> float:
-    """The eval loss of the saved adapter on the held-out rows, computed apart from the job."""
+def _adapter_eval_outputs(adapter_dir, data_csv) -> tuple[float, list[str]]:
+    """The eval loss and the predicted labels of the saved adapter on the held-out rows, computed apart from the
+    job."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -132,15 +135,17 @@ def _adapter_eval_loss(adapter_dir, data_csv) -> float:
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     batch = tokenizer(data.eval_texts, truncation=True, max_length=16, padding=True, return_tensors="pt")
     with torch.no_grad():
-        return float(model(**batch, labels=torch.tensor(data.eval_labels)).loss)
+        output = model(**batch, labels=torch.tensor(data.eval_labels))
+    return float(output.loss), [data.label_names[i] for i in output.logits.argmax(-1).tolist()]
 
 
 @pytest.mark.slow
-def test_stop_on_overfitting_stops_early_and_keeps_the_best_eval_adapter(tracking_uri, tmp_path):
+def test_stop_on_overfitting_stops_early_and_keeps_the_best_eval_adapter(tracking_uri, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from tracking.train import run_training
 
+    passes = _count_prediction_passes(monkeypatch)
     result = run_training(_job(tmp_path, "overfitting"))
     client = MlflowClient()
     run = client.get_run(result.run_id)
@@ -152,9 +157,13 @@ def test_stop_on_overfitting_stops_early_and_keeps_the_best_eval_adapter(trackin
     assert run.data.tags["peft_studio.adapter_step"] == str(best_step)
     assert "quality_score" in run.data.metrics  # analyzed, on what was trained
     assert [a.path for a in client.list_artifacts(result.run_id, "adapter")]
-    saved = _adapter_eval_loss(tmp_path / "out" / "adapter", tmp_path / "flip.csv")
+    saved, predicted = _adapter_eval_outputs(tmp_path / "out" / "adapter", tmp_path / "flip.csv")
     assert saved == pytest.approx(evals[best_step], abs=2e-3), (saved, evals)
     assert saved < evals[max(evals)] - 0.05  # not the last (overfitted) weights
+    # the task metrics are the saved adapter's too, not the last evaluation's (of the overfitted weights)
+    table = json.loads(Path(client.download_artifacts(result.run_id, "evaluation/predictions.json")).read_text())
+    assert [row[table["columns"].index("predicted")] for row in table["data"]] == predicted
+    assert passes == ["task"]  # predicted again with the restored weights (the last evaluation's were others)
     events = (tmp_path / "events.jsonl")
     client.download_artifacts(result.run_id, "notifications/events.jsonl", str(tmp_path))
     completion = [line for line in events.read_text().splitlines() if '"completion"' in line]
@@ -163,15 +172,33 @@ def test_stop_on_overfitting_stops_early_and_keeps_the_best_eval_adapter(trackin
 
 
 @pytest.mark.slow
-def test_the_same_job_without_stop_on_runs_to_its_planned_end(tracking_uri, tmp_path):
+def test_the_same_job_without_stop_on_runs_to_its_planned_end(tracking_uri, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from tracking.train import run_training
 
+    passes = _count_prediction_passes(monkeypatch)
     result = run_training(_job(tmp_path, ""))
     run = MlflowClient().get_run(result.run_id)
     assert result.total_steps == 12 and run.info.status == "FINISHED"
     assert "peft_studio.stopped_early" not in run.data.tags
+    assert passes == []  # the task metrics are the evaluation at step 12's: the eval split is not predicted again
+    assert run.data.metrics["task/accuracy"] == run.data.metrics["eval_accuracy"]
+
+
+def _count_prediction_passes(monkeypatch) -> list[str]:
+    """The ``metric_key_prefix`` of each ``Trainer.predict`` call from now on (the real one still runs)."""
+    from transformers import Trainer
+
+    calls: list[str] = []
+    real = Trainer.predict
+
+    def predict(self, *args, **kwargs):
+        calls.append(kwargs.get("metric_key_prefix", "test"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "predict", predict)
+    return calls
 
 
 @pytest.mark.slow

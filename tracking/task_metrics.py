@@ -51,9 +51,54 @@ class TaskMetrics:
             client.log_table(run_id, self.predictions, PREDICTIONS_TABLE)
 
 
+class EvalLogits:
+    """The Trainer's ``compute_metrics`` for classification: ``eval_accuracy``, and the logits it came from, kept
+    with the step of that evaluation.
+
+    transformers evaluates at the last step of a run, so at the end these are the final weights' logits on the
+    eval split: ``classification_metrics`` takes them instead of predicting the split a second time (the same
+    forward passes over the same batches; a whole eval pass less at the end of every run). ``forget()`` when the
+    weights change after an evaluation (stop_on puts the best-eval weights back)."""
+
+    def __init__(self) -> None:
+        self.trainer = None  # set once the Trainer exists: its state gives the step of each evaluation
+        self.step: int | None = None
+        self.logits = None
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        import numpy as np
+
+        predictions = eval_prediction.predictions
+        self.logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        self.step = self.trainer.state.global_step if self.trainer is not None else None
+        return {"accuracy": float(np.mean(np.argmax(self.logits, axis=-1) == eval_prediction.label_ids))}
+
+    def forget(self) -> None:
+        self.step = self.logits = None
+
+    def of_step(self, step: int, examples: int):
+        """The logits of an evaluation at ``step`` covering ``examples`` examples, or None."""
+        if self.step is None or self.step != step or self.logits is None or len(self.logits) != examples:
+            return None
+        return self.logits
+
+
+def forget_eval_logits(trainer) -> None:
+    """The model's weights changed since its last evaluation: its logits must not stand for them."""
+    if isinstance(trainer.compute_metrics, EvalLogits):
+        trainer.compute_metrics.forget()
+
+
+def final_eval_logits(trainer, examples: int):
+    """The logits of the trainer's last evaluation when it was of its current weights (see ``EvalLogits``)."""
+    kept = trainer.compute_metrics
+    return kept.of_step(trainer.state.global_step, examples) if isinstance(kept, EvalLogits) else None
+
+
 def classification_metrics(trainer, texts: list[str], labels: list[int], label_names: list[str],
                            out_dir: str | Path) -> TaskMetrics:
-    """Accuracy, macro-F1 and the confusion matrix of the trained model on the eval split."""
+    """Accuracy, macro-F1 and the confusion matrix of the trained model on the eval split (from the last
+    evaluation's logits when it was of the final weights, else from a prediction pass)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,8 +109,10 @@ def classification_metrics(trainer, texts: list[str], labels: list[int], label_n
 
     if trainer.eval_dataset is None or not labels:
         return TaskMetrics(note="no eval split (eval_fraction=0): no accuracy, macro-F1 or confusion matrix")
-    output = trainer.predict(trainer.eval_dataset, metric_key_prefix="task")
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    logits = final_eval_logits(trainer, len(labels))
+    if logits is None:
+        output = trainer.predict(trainer.eval_dataset, metric_key_prefix="task")
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     predicted = np.argmax(logits, axis=-1)
     truth = np.asarray(labels)
     indices = list(range(len(label_names)))

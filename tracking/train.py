@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.tracking import MlflowClient
 
 from .analyze import AnalysisError, analyze_run
@@ -34,6 +33,7 @@ from .model import LoadedModel, load_lora_model
 from .monitor import TrainingMonitor
 from .run_logger import CANNOT_KEEP, LoggerReport, RunLogger
 from .samples import load_sample_prompts, make_sampler
+from .task_metrics import EvalLogits, forget_eval_logits
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,6 @@ class _TokenizedDataset:
 
 def _tokenize(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> _TokenizedDataset:
     return _TokenizedDataset(tokenizer(texts, truncation=True, max_length=max_length), labels)
-
-
-def _accuracy(eval_prediction) -> dict[str, float]:
-    predictions = eval_prediction.predictions
-    logits = predictions[0] if isinstance(predictions, tuple) else predictions
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == eval_prediction.label_ids))}
 
 
 def planned_steps(config: TrainConfig, train_examples: int) -> int:
@@ -135,9 +129,11 @@ def build_trainer(config: TrainConfig, data: TextData, loaded: LoadedModel, call
         train_dataset=train,
         eval_dataset=evaluate,
         data_collator=collator,
-        compute_metrics=_accuracy if classification and evaluate is not None else None,
+        compute_metrics=EvalLogits() if classification and evaluate is not None else None,
         callbacks=callbacks,
     )
+    if isinstance(trainer.compute_metrics, EvalLogits):
+        trainer.compute_metrics.trainer = trainer
     if classification:
         # peft's wrapper passes **kwargs through, so the Trainer believes the model normalizes its loss by the
         # items of the whole multi-process batch and multiplies it by the process count; sequence
@@ -472,6 +468,8 @@ def _stopped_early(job: _Job) -> str | None:
     if stopper is None or stopper.decision is None:
         return None
     adapter_step = stopper.restore_best(job.trainer.model)
+    if adapter_step is not None:  # other weights than the last evaluation's
+        forget_eval_logits(job.trainer)
     job.logger.set_tag(STOPPED_TAG, stopper.decision.tag)
     job.logger.set_tag(ADAPTER_STEP_TAG, adapter_step if adapter_step is not None else job.trainer.state.global_step)
     line = stopper.decision.sentence(stopper.stopped_step, adapter_step)
