@@ -10,9 +10,9 @@
   checkout, and ``-P max_steps=...`` (with ``eval_steps``, and ``logging_steps`` for the quick start, which
   conftest's ``quick_start_run`` runs once for this file and ``tests/test_tracking_job.py``) to keep the
   suite short (a whole default job, its length and score, is ``tests/test_tracking_job.py``'s to check);
-  ``mlflow ui`` gets that store, a free loopback port and one worker process (``MLFLOW_WORKERS=1``); ``pip install`` runs with ``--dry-run`` (it must
-  resolve, and must not change the environment the other tests run in); the README's test command is the one
-  ``.ci/run`` runs, which CI runs.
+  ``mlflow ui`` gets that store, a free loopback port and one worker process (``MLFLOW_WORKERS=1``);
+  ``pip install`` runs with ``--dry-run`` (it must resolve, and must not change the environment the other
+  tests run in); the README's test command is the one ``.ci/run`` runs, which CI runs.
 
 One command is not run: plain ``mlflow run .`` builds a conda environment, and conda cannot be installed on
 this machine; ``tests/test_tracking_config.py`` keeps ``conda.yaml`` identical to ``pyproject.toml``.

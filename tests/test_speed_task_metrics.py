@@ -13,8 +13,6 @@ from transformers import TrainerCallback
 
 from tracking.task_metrics import EvalLogits, classification_metrics, forget_eval_logits
 
-pytestmark = pytest.mark.slow  # trains a model
-
 
 class PredictionSteps(TrainerCallback):
     """Counts the batches every evaluation or prediction pass runs."""
@@ -43,6 +41,7 @@ def trained(tmp_path_factory):
     return trainer, data, steps, out
 
 
+@pytest.mark.slow  # trains a model
 def test_the_last_evaluations_logits_are_the_final_metrics_without_a_second_pass(trained):
     trainer, data, steps, out = trained
     evaluated = steps.count  # the evaluation at step 2, the last step
