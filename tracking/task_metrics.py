@@ -68,8 +68,7 @@ class EvalLogits:
     def __call__(self, eval_prediction) -> dict[str, float]:
         import numpy as np
 
-        predictions = eval_prediction.predictions
-        self.logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        self.logits = _logits(eval_prediction.predictions)
         self.step = self.trainer.state.global_step if self.trainer is not None else None
         return {"accuracy": float(np.mean(np.argmax(self.logits, axis=-1) == eval_prediction.label_ids))}
 
@@ -78,9 +77,14 @@ class EvalLogits:
 
     def of_step(self, step: int, examples: int):
         """The logits of an evaluation at ``step`` covering ``examples`` examples, or None."""
-        if self.step is None or self.step != step or self.logits is None or len(self.logits) != examples:
+        if self.step != step or self.logits is None or len(self.logits) != examples:
             return None
         return self.logits
+
+
+def _logits(predictions):
+    """A sequence classifier's logits from what the Trainer returns (a tuple when the model gives more outputs)."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
 def forget_eval_logits(trainer) -> None:
@@ -111,8 +115,7 @@ def classification_metrics(trainer, texts: list[str], labels: list[int], label_n
         return TaskMetrics(note="no eval split (eval_fraction=0): no accuracy, macro-F1 or confusion matrix")
     logits = final_eval_logits(trainer, len(labels))
     if logits is None:
-        output = trainer.predict(trainer.eval_dataset, metric_key_prefix="task")
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        logits = _logits(trainer.predict(trainer.eval_dataset, metric_key_prefix="task").predictions)
     predicted = np.argmax(logits, axis=-1)
     truth = np.asarray(labels)
     indices = list(range(len(label_names)))
